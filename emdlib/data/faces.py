@@ -1,0 +1,102 @@
+"""Face detection, the FF++ crop box and 68-point landmarks (reference-facts §B.4).
+
+* Detection: dlib's frontal HOG detector on the greyscale frame with one up-sampling, as FF++'s
+  ``detect_from_video.py``.
+* Box: square of side ``int(max(w, h) * 1.3)`` centred on the detection, top-left clipped to the frame, side shrunk
+  to fit (FF++ ``get_boundingbox``).
+* Landmarks: dlib's 68-point shape predictor (iBUG 300-W order), whose model file ships in the
+  ``face-recognition-models`` package. We only locate its file; importing that package needs ``pkg_resources``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CROP_SCALE = 1.3
+
+
+@dataclass(frozen=True)
+class Box:
+    """A square crop box in pixel coordinates: ``frame[y:y+size, x:x+size]``."""
+
+    x: int
+    y: int
+    size: int
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        return image[self.y : self.y + self.size, self.x : self.x + self.size]
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.size]
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+def predictor_path() -> Path:
+    """Path of ``shape_predictor_68_face_landmarks.dat`` inside the installed ``face-recognition-models`` package."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("face-recognition-models is not installed: pip install face-recognition-models")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    if not path.is_file():
+        raise RuntimeError(f"{path}: 68-point predictor missing from the face-recognition-models package")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _predictor():
+    import dlib
+
+    return dlib.shape_predictor(str(predictor_path()))
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return np.ascontiguousarray(image)
+    return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+
+
+def detect_faces(image: np.ndarray, upsample: int = 1) -> list[tuple[int, int, int, int]]:
+    """dlib frontal detections on an RGB (or grey) uint8 image as ``(left, top, right, bottom)``, largest first."""
+    rects = _detector()(_grey(image), upsample)
+    boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+def crop_box(rect: tuple[int, int, int, int], frame_shape: tuple[int, ...], scale: float = CROP_SCALE) -> Box:
+    """FF++'s square box: side ``int(max(w, h) * scale)`` centred on ``rect``, clipped to the frame."""
+    left, top, right, bottom = rect
+    h, w = frame_shape[:2]
+    size = int(max(right - left, bottom - top) * scale)
+    cx, cy = (left + right) // 2, (top + bottom) // 2
+    x = max(int(cx - size // 2), 0)
+    y = max(int(cy - size // 2), 0)
+    size = min(w - x, h - y, size)
+    return Box(x, y, size)
+
+
+def landmarks(image: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """68 dlib landmarks ``(68, 2)`` float32 ``(x, y)`` for the face in ``rect``."""
+    import dlib
+
+    shape = _predictor()(_grey(image), dlib.rectangle(*map(int, rect)))
+    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def face_box_and_landmarks(image: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """Largest detected face and its landmarks, or None when no face is found."""
+    faces = detect_faces(image)
+    if not faces:
+        return None
+    return faces[0], landmarks(image, faces[0])

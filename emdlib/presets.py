@@ -1,0 +1,134 @@
+"""Study presets (design.md "Presets"): how much data, at what input size, with which model sizes.
+
+A preset may shrink data, input size, epochs and the number of ESR branches; it never changes an architecture's
+design. Each numbered notebook takes ``preset`` in its ``parameters`` cell and reads the rest from here, so
+``emd reproduce --preset NAME`` and a reader running a notebook by hand get the same configuration.
+
+| preset | data | purpose |
+|---|---|---|
+| ``tiny`` | synth, a handful of videos | CI notebook smoke tests, minutes on 2 CPU cores; numbers mean nothing |
+| ``cpu`` | synth | the whole study end to end on a laptop CPU; models actually learn |
+| ``faces`` | forge on a folder of face photos (default: the London set) | realistic study without FF++ |
+| ``paper`` | the user's FF++ + AffectNet (or official ESR-9 weights) | the paper's protocol on a GPU |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS: tuple[str, ...] = ("Deepfakes", "Face2Face", "NeuralTextures")
+COMPRESSIONS: tuple[str, ...] = ("c23", "c40")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the FF++-layout data comes from and how much of it to make (synth / forge)."""
+
+    world: str = "synth"  # synth | faces | ffpp
+    pairs: tuple[int, int, int] = (3, 1, 1)  # train / val / test pairs, as FF++ splits (each pair = 2 ids)
+    frames_per_clip: int = 12
+    frame_size: int = 128  # side of rendered frames (synth) or of clip frames made from photos (forge)
+    expression_images_per_class: int = 20  # synth expression set (the AffectNet stand-in)
+    expression_size: int = 96
+    methods: tuple[str, ...] = METHODS
+    compressions: tuple[str, ...] = COMPRESSIONS
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Frame sampling and face crops (paper §IV-A: 200 train frames, 10 val/test frames per video)."""
+
+    train_frames: int = 4
+    eval_frames: int = 2
+    crop_size: int = 64  # side of the cached uint8 crops
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class FERConfig:
+    """FER stream (paper §III-C): ESR with B branches, trained on the expression set (Eq. 1)."""
+
+    branches: int = 2
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.1
+    esr_weights: str | None = None  # folder with the official ESR-9 .pt files; skips training when given
+
+
+@dataclass(frozen=True)
+class EMDConfig:
+    """Manipulation stream (paper §III-D, §IV-B)."""
+
+    encoder: str = "xception41"
+    image_size: int = 64
+    warmup_epochs: int = 1
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-3
+    pretrained: bool = False
+    cells: tuple[tuple[str, str], ...] = (("Face2Face", "c23"),)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    fer: FERConfig = field(default_factory=FERConfig)
+    emd: EMDConfig = field(default_factory=EMDConfig)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_ALL_CELLS = tuple((m, c) for m in METHODS for c in COMPRESSIONS)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        note="Smoke-test size: a handful of synthetic videos; its numbers show that the pipeline runs, nothing more.",
+    ),
+    "cpu": Preset(
+        name="cpu",
+        data=DataConfig(pairs=(16, 4, 4), frames_per_clip=48, frame_size=160, expression_images_per_class=300),
+        prepare=PrepareConfig(train_frames=24, eval_frames=10, crop_size=128),
+        fer=FERConfig(branches=4, epochs=12),
+        emd=EMDConfig(image_size=128, warmup_epochs=1, epochs=4, batch_size=16, cells=_ALL_CELLS),
+        note="Synthetic data on a laptop CPU: large enough that models learn, far too small and too easy to compare "
+        "with the paper's FF++ numbers.",
+    ),
+    "faces": Preset(
+        name="faces",
+        data=DataConfig(world="faces", pairs=(36, 7, 7), frames_per_clip=48, frame_size=320),
+        prepare=PrepareConfig(train_frames=24, eval_frames=10, crop_size=299),
+        fer=FERConfig(branches=9, epochs=20),
+        emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS),
+        note="Forged manipulations of real photographs (London set): realistic faces, but only ~100 identities.",
+    ),
+    "paper": Preset(
+        name="paper",
+        data=DataConfig(world="ffpp", pairs=(360, 70, 70)),
+        prepare=PrepareConfig(train_frames=200, eval_frames=10, crop_size=299, workers=8),
+        fer=FERConfig(branches=9, epochs=50),
+        emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS),
+        note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a clear error lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def results_dir(preset: str, root: str | Path = "results") -> Path:
+    """``results/<preset>/``: tables, figures, run records and executed notebooks of one preset."""
+    return Path(root) / preset
