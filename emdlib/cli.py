@@ -1,4 +1,4 @@
-"""The ``emd`` command: ``synth``, ``forge``, ``prepare``, ``reproduce`` (more join as the study grows).
+"""The ``emd`` command: ``synth``, ``forge``, ``prepare``, ``detect``, ``reproduce``.
 
 Each sub-command is a thin wrapper around a library function, so everything the command does can be called from a
 notebook too.
@@ -62,6 +62,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from emdlib.detect import detect
+
+    results = detect(
+        args.paths, args.checkpoint, out_dir=args.out, fps=args.fps, every=args.every,
+        overlay_videos=args.overlay, device=args.device, batch_size=args.batch_size,
+    )
+    for r in results:
+        sys.stdout.write(r.summary() + "\n")
+    read = sum(r.ok for r in results)
+    if read == 0:
+        log.error("none of the %d inputs could be read", len(results))
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emd", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -87,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes")
     _add_preset(p)
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("detect", help="score faces in videos/images with a trained detector")
+    p.add_argument("paths", nargs="+", help="videos (mp4/avi/mov/mkv), images (jpg/png/webp) or folders")
+    p.add_argument("--checkpoint", required=True, help="emdlib .safetensors checkpoint or official MesoNet .h5")
+    p.add_argument("--out", default="detect_out", help="folder for per-input CSV/JSON and overlays")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fps", type=float, default=None, help="sample this many frames per second")
+    g.add_argument("--every", type=int, default=None, help="sample every N-th frame")
+    p.add_argument("--overlay", action="store_true", help="write annotated videos/images")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
     p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
