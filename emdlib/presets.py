@@ -36,6 +36,7 @@ class DataConfig:
     methods: tuple[str, ...] = METHODS
     compressions: tuple[str, ...] = COMPRESSIONS
     seed: int = 0
+    synth_expressions_per_clip: int = 3  # key expressions each pristine synth clip morphs through
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "faces": Preset(
         name="faces",
-        data=DataConfig(world="faces", pairs=(36, 7, 7), frames_per_clip=48, frame_size=320),
+        data=DataConfig(world="faces", pairs=(72, 15, 15), frames_per_clip=48, frame_size=320),
         prepare=PrepareConfig(train_frames=24, eval_frames=10, crop_size=299),
         fer=FERConfig(branches=9, epochs=20),
         emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS),
