@@ -55,7 +55,7 @@ def fig3_grid(
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0 or c == 0:
+            if title != "mask" or r == 0:
                 ax.set_title(title, fontsize=7)
     fig.suptitle(f"Fig. 3 (ours): pristine frames, their manipulations and masks ({compression})", fontsize=9)
     return fig

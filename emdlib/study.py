@@ -121,7 +121,7 @@ def world_counts(paths: StudyPaths) -> "pd.DataFrame":
             rows.append({"sequence": seq_dir.name, "compression": comp_dir.name, "videos": n})
     if not rows:
         raise FileNotFoundError(f"{paths.world}: no videos in the FF++ layout")
-    return pd.DataFrame(rows).pivot_table(index="sequence", columns="compression", values="videos", fill_value=0)
+    return pd.DataFrame(rows).pivot_table(index="sequence", columns="compression", values="videos", aggfunc="sum", fill_value=0).astype(int)
 
 
 def manifest_counts(paths: StudyPaths) -> "pd.DataFrame":
@@ -130,7 +130,7 @@ def manifest_counts(paths: StudyPaths) -> "pd.DataFrame":
 
     from emdlib.data.prepare import read_manifest
 
-    df = read_manifest(paths.cache)
+    df = pd.DataFrame(read_manifest(paths.cache))
     return (
         df.groupby(["split", "method", "compression", "status"]).size().unstack("status", fill_value=0)
         if len(df) else pd.DataFrame()
