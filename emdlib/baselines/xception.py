@@ -1,0 +1,49 @@
+"""XceptionNet as transferred to manipulation detection by FaceForensics++ (Rössler et al., ICCV 2019)
+(EMD Tables II–IV "XceptionNet"; reference-facts §B.5).
+
+timm's ``legacy_xception`` is the Cadene/"pretrainedmodels" port that FF++ uses (same layer layout and state-dict
+keys; weights ``legacy_xception.tf_in1k`` = ImageNet). The 1000-class FC is replaced by a new 2-class FC
+(20,811,050 parameters in all). FF++ recipe: ImageNet initialisation, the new FC alone is trained first
+(:meth:`XceptionNet.warmup_parameters`; 3 epochs in FF++), then the whole network.
+
+Input: FF++ normalises with mean = std = 0.5, i.e. exactly the shared ``(x - 0.5) / 0.5`` input, so it is used as
+is, at the preset size (FF++ resizes faces to 299×299 — the "paper" preset's size; Xception's global pooling
+accepts any size ≥ 71 px, so smaller presets are not resized). Output index 1 = fake, as FF++.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from emdlib.baselines import inputs
+
+log = logging.getLogger(__name__)
+
+
+class XceptionNet(nn.Module):
+    """FF++ XceptionNet. Output: ``{"logits": (N, 2) index 1 = fake, "mask_logits": None}``.
+
+    ``pretrained``: load timm's ImageNet weights (needs the network or the timm cache; tests use False).
+    """
+
+    def __init__(self, pretrained: bool = True, num_classes: int = 2, drop_rate: float = 0.0):
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model("legacy_xception", pretrained=pretrained, num_classes=num_classes,
+                                     drop_rate=drop_rate)
+
+    def warmup_parameters(self) -> Iterator[nn.Parameter]:
+        """The new FC only (FF++'s warm-up; everything else frozen)."""
+        return iter(self.net.get_classifier().parameters())
+
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+        return {"logits": self.net(image), "mask_logits": None}
+
+    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Softmax cross-entropy (FF++)."""
+        return inputs.classification_loss(output, batch)
