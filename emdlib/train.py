@@ -1,0 +1,536 @@
+"""Training protocol of the manipulation stream (paper §III-D Eqs. 6–8, §III-E Algorithm 1, §IV-B).
+
+One loop for EMD, its variants and every trainable baseline (team training-loop contract):
+
+* ``model(image, fer_image) -> {"logits": (N,2), "mask_logits": (N,1,S,S) or None, ...}``;
+* loss: ``model.compute_loss(output, batch) -> (loss, parts)`` when the model has one, else Eq. 8
+  (:func:`manipulation_loss`: Eq. 6 cross-entropy on the class logits + Eq. 7 per-pixel BCE on the mask logits);
+* warm-up (§IV-B "we fix all weights up to the last convolutional layer and pre-train the network for 3 epochs"):
+  only ``model.warmup_parameters()`` train; then the whole network (``model.trainable_parameters()`` when defined,
+  e.g. EMD excludes its frozen FER stream) for the remaining epochs;
+* Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16; the best model by validation accuracy is kept (``best.safetensors``)
+  and loaded back into the model at the end.
+
+Engineering: CUDA with AMP (bf16 where supported, else fp16 with a grad scaler) and channels_last, CPU otherwise;
+seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(seed, epoch)`` at each epoch start);
+``last.safetensors`` (model + flattened Adam state + RNG states; scalars in the JSON sidecar, nothing pickled) is
+written after every epoch, and :func:`fit` resumes from it, ending exactly where an uninterrupted run ends.
+
+:func:`predict` turns a model and a dataset into the numpy arrays :mod:`emdlib.metrics` consumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from emdlib.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of §IV-B (defaults = the paper) plus engineering switches.
+
+    ``epochs`` counts the full-network epochs *after* the ``warmup_epochs`` (paper: 3 + 20).
+    """
+
+    warmup_epochs: int = 3
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    seed: int = 0
+    num_workers: int = 0
+    device: str | None = None  # None: CUDA when present, else CPU
+    amp: bool = True  # only on CUDA
+    channels_last: bool = True  # only on CUDA
+    deterministic: bool = True
+    image_size: int | None = None  # recorded in checkpoint sidecars (emd detect needs it)
+    max_batches: int | None = None  # cap on training batches per epoch (smoke runs); None = the whole set
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.epochs
+
+    @classmethod
+    def from_emd(cls, cfg: Any, seed: int = 0, **overrides: Any) -> "TrainConfig":
+        """From an :class:`emdlib.presets.EMDConfig` (warm-up/epochs/batch/lr/image size)."""
+        base = dict(warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                    seed=seed, image_size=cfg.image_size)
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Loss (Eqs. 6–8)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def manipulation_loss(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 8: ``L_MANI = L_cls + L_seg``.
+
+    ``L_cls`` (Eq. 6): cross-entropy of the 2-way logits (index 1 = fake) against ``batch["label"]``.
+    ``L_seg`` (Eq. 7): binary cross-entropy of ``sigmoid(mask_logits)`` against the {0,1} ``batch["mask"]``, averaged
+    over pixels and images (computed from logits for numerical stability). Models without a mask output
+    (``mask_logits`` None) get ``L_seg = 0``.
+    """
+    logits = output["logits"]
+    loss_cls = F.cross_entropy(logits.float(), batch["label"].long())
+    mask_logits = output.get("mask_logits")
+    if mask_logits is None:
+        loss_seg = logits.new_zeros((), dtype=torch.float32)
+    else:
+        mask = batch["mask"]
+        if mask.shape != mask_logits.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match mask_logits {tuple(mask_logits.shape)}")
+        loss_seg = F.binary_cross_entropy_with_logits(mask_logits.float(), mask.float())
+    loss = loss_cls + loss_seg
+    return loss, {"loss": float(loss.detach()), "loss_cls": float(loss_cls.detach()), "loss_seg": float(loss_seg.detach())}
+
+
+def compute_loss(model: nn.Module, output: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The model's own ``compute_loss`` when it has one (baselines), else Eq. 8."""
+    fn = getattr(model, "compute_loss", None)
+    if callable(fn):
+        loss, parts = fn(output, batch)
+        parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+        parts.setdefault("loss", float(loss.detach()))
+        return loss, parts
+    return manipulation_loss(output, batch)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Devices, batches, seeding
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when present (and not overridden), else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable device name for run records (GPU model, or the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def move_batch(batch: Mapping[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """Tensors to ``device`` (images channels_last when asked); strings and lists stay as they are."""
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.ndim == 4 and k in ("image", "fer_image"):
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919) % (2**63 - 1)
+
+
+def set_deterministic(enabled: bool = True) -> None:
+    """cuDNN deterministic, no benchmark; deterministic algorithms where PyTorch has them (warn otherwise).
+
+    Also sets ``CUBLAS_WORKSPACE_CONFIG`` (needed for deterministic cuBLAS) unless the user set it; it only takes
+    effect when CUDA has not been initialised yet in this process.
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not enabled
+    torch.backends.cudnn.deterministic = enabled
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it)."""
+    drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
+                      persistent_workers=False)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# One step, validation
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def forward(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+    """``model(image, fer_image)`` (``fer_image`` None when the batch has none)."""
+    return model(batch["image"], batch.get("fer_image"))
+
+
+def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """One optimisation step on a batch already on the model's device; returns the loss parts.
+
+    Models with an ``after_step()`` method get it called after every optimiser step (constraint projections).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    device_type = batch["image"].device.type
+    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        output = forward(model, batch)
+        loss, parts = compute_loss(model, output, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite training loss {parts}")
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    after_step = getattr(model, "after_step", None)
+    if callable(after_step):  # e.g. Bayar & Stamm's constrained first layer, projected after every step
+        after_step()
+    return parts
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: Iterable[Mapping[str, Any]], device: torch.device,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
+    """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``."""
+    was_training = model.training
+    model.eval()
+    n, correct, sums = 0, 0, {}
+    for batch in loader:
+        batch = move_batch(batch, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            output = forward(model, batch)
+            _, parts = compute_loss(model, output, batch)
+        k = len(batch["label"])
+        correct += int((output["logits"].argmax(1) == batch["label"]).sum())
+        for name, v in parts.items():
+            sums[name] = sums.get(name, 0.0) + v * k
+        n += k
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("validation set is empty")
+    return {"accuracy": correct / n, **{k: v / n for k, v in sums.items()}}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training state <-> safetensors + JSON
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    fn = getattr(model, "trainable_parameters", None)
+    params = list(fn()) if callable(fn) else [p for p in model.parameters() if p.requires_grad]
+    return params
+
+
+def set_trainable(model: nn.Module, trainable: list[nn.Parameter], warmup: bool) -> None:
+    """Warm-up: only ``warmup_parameters()`` require grad; otherwise every trainable parameter does."""
+    fn = getattr(model, "warmup_parameters", None)
+    warm = {id(p) for p in fn()} if warmup and callable(fn) else None
+    for p in trainable:
+        p.requires_grad_(warm is None or id(p) in warm)
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng/numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, pystate, gauss_next = random.getstate()
+    tensors["rng/python"] = torch.tensor(pystate, dtype=torch.int64)
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(cached)], "python": [version, gauss_next]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng/torch"].to(torch.uint8).cpu())
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.to(torch.uint8).cpu() for t in cuda])
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, gauss_next = meta["python"]
+    random.setstate((version, tuple(int(v) for v in tensors["rng/python"].tolist()), gauss_next))
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optimizer/{idx}/{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optimizer/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, st in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None, epoch: int, meta: Mapping[str, Any]) -> str:
+    """``last.safetensors``: model + optimizer tensors + RNG states; scalars (epoch, history, ...) in the sidecar."""
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt_t, opt_m = _optimizer_to_flat(optimizer)
+    rng_t, rng_m = _rng_state()
+    tensors.update(opt_t)
+    tensors.update(rng_t)
+    side = {**dict(meta), "kind": "training_state", "epoch": epoch, "optimizer": opt_m, "rng": rng_m,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
+    return save_checkpoint(path, tensors, side)
+
+
+def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None = None, device: str | torch.device = "cpu") -> dict:
+    """Restore what :func:`save_training_state` wrote; returns the sidecar."""
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != "training_state":
+        raise ValueError(f"{path}: not a training-state checkpoint (sidecar kind={meta.get('kind')!r})")
+    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(state, strict=True)
+        optimizer.load_state_dict(_optimizer_from_flat(tensors, meta["optimizer"]))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: training state does not match this model/optimizer ({e})") from e
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    _set_rng_state(tensors, meta["rng"])
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# fit
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir: str | Path,
+        config: TrainConfig = TrainConfig(), resume: bool = True,
+        on_epoch_end: Callable[[dict], None] | None = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model`` with the §IV-B protocol; checkpoints in ``out_dir``; returns a summary.
+
+    ``train_data`` / ``val_data``: datasets of dicts (``ManipulationDataset`` items). After every epoch the training
+    state goes to ``out_dir/last.safetensors`` and, when validation accuracy improves (strictly), the weights go to
+    ``out_dir/best.safetensors`` (sidecar: model spec, image size, epoch, validation metrics, config and ``meta``).
+    With ``resume`` an existing ``last.safetensors`` is continued. At the end the best weights are loaded into
+    ``model`` (the last ones when there is no validation set).
+
+    Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
+    "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if len(train_data) == 0:
+        raise ValueError("training set is empty")
+    device = resolve_device(config.device)
+    if config.deterministic:
+        set_deterministic(True)
+    seed_everything(config.seed)
+    amp_dtype = _amp_dtype(device, config.amp)
+    channels_last = config.channels_last and device.type == "cuda"
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    trainable = _trainable(model)
+    if not trainable:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    spec = model.spec() if callable(getattr(model, "spec", None)) else None
+    base_meta = {"model": spec, "image_size": config.image_size, "config": config.to_dict(), **dict(meta or {})}
+    if config.warmup_epochs and not callable(getattr(model, "warmup_parameters", None)):
+        log.info("%s has no warmup_parameters(); warm-up epochs train the whole network", type(model).__name__)
+
+    history: list[dict] = []
+    best_acc, best_epoch, start = -math.inf, None, 0
+    last_path, best_path = out_dir / LAST, out_dir / BEST
+    if resume and last_path.is_file():
+        prev = load_training_state(last_path, model, optimizer, scaler, device)
+        for key in ("seed", "batch_size", "lr", "warmup_epochs"):
+            if prev["config"].get(key) != getattr(config, key):
+                raise ValueError(f"{last_path}: cannot resume, {key}={prev['config'].get(key)!r} in the checkpoint "
+                                 f"but {getattr(config, key)!r} now (use another out_dir or resume=False)")
+        start, history = int(prev["epoch"]), list(prev.get("history", []))
+        best_acc = prev.get("best_val_accuracy", -math.inf)
+        best_acc = -math.inf if best_acc is None else best_acc
+        best_epoch = prev.get("best_epoch")
+        log.info("resuming %s from epoch %d", last_path, start)
+
+    val_loader = (make_loader(val_data, config.batch_size, False, config.seed, config.num_workers,
+                              device.type == "cuda") if val_data is not None and len(val_data) else None)
+    t_start = time.perf_counter()
+    for epoch in range(start, config.total_epochs):
+        warmup = epoch < config.warmup_epochs
+        set_trainable(model, trainable, warmup)
+        seed_everything(_epoch_seed(config.seed, epoch))
+        loader = make_loader(train_data, config.batch_size, True, _epoch_seed(config.seed, epoch),
+                             config.num_workers, device.type == "cuda")
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.total_epochs}{' (warm-up)' if warmup else ''}",
+                   leave=False, disable=None)
+        for i, batch in enumerate(bar):
+            if config.max_batches is not None and i >= config.max_batches:
+                break
+            batch = move_batch(batch, device, channels_last)
+            parts = train_step(model, batch, optimizer, scaler, amp_dtype)
+            k = len(batch["label"])
+            for name, v in parts.items():
+                sums[name] = sums.get(name, 0.0) + v * k
+            n += k
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        record: dict[str, Any] = {"epoch": epoch + 1, "phase": "warmup" if warmup else "full",
+                                  **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, "train_images": n}
+        if val_loader is not None:
+            val = validate(model, val_loader, device, amp_dtype, channels_last)
+            record.update({f"val_{k}": v for k, v in val.items()})
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(record)
+        acc = record.get("val_accuracy")
+        improved = acc is not None and acc > best_acc
+        if improved or val_loader is None:
+            best_acc = acc if acc is not None else best_acc
+            best_epoch = epoch + 1
+            save_checkpoint(best_path, model.state_dict(),
+                            {**base_meta, "kind": "best", "epoch": epoch + 1, "val": {k[4:]: v for k, v in record.items()
+                                                                                       if k.startswith("val_")}})
+        save_training_state(last_path, model, optimizer, scaler, epoch + 1,
+                            {**base_meta, "history": history, "best_epoch": best_epoch,
+                             "best_val_accuracy": None if best_acc == -math.inf else best_acc})
+        log.info("epoch %d/%d %s: %s", epoch + 1, config.total_epochs, record["phase"],
+                 ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    set_trainable(model, trainable, warmup=False)
+    if best_path.is_file():
+        state, _ = load_checkpoint(best_path, device=device)
+        model.load_state_dict(state)
+    return {"history": history, "best_epoch": best_epoch,
+            "best_val_accuracy": None if best_acc == -math.inf else best_acc,
+            "best_checkpoint": str(best_path), "last_checkpoint": str(last_path),
+            "device": device_name(device), "wall_time_s": round(time.perf_counter() - t_start, 3)}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# predict
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset | DataLoader, device: str | torch.device | None = None,
+            batch_size: int = 16, pixels_per_image: int = 256, seed: int = 0, keep_masks: bool = False,
+            amp: bool = True, num_workers: int = 0) -> dict[str, np.ndarray]:
+    """Run ``model`` over ``data`` and collect what :mod:`emdlib.metrics` needs, as numpy arrays.
+
+    Always: ``prob`` (P(fake) = softmax(logits)[:, 1]), ``label``, ``method``, ``compression``, ``video``, ``frame``.
+    When the model predicts masks and the batches carry ``mask``: per image ``pixel_accuracy`` (threshold 0.5,
+    reference-facts §E.2) and confusion counts ``pixel_tp``/``pixel_fp``/``pixel_fn``/``pixel_tn``; a seeded sample of
+    ``pixels_per_image`` pixels per image for pixel-level ROC (``pixel_score``, ``pixel_label``, ``pixel_image``); and,
+    with ``keep_masks``, every predicted probability map ``mask_prob`` (N, H, W) float16.
+    """
+    device = resolve_device(device)
+    loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, False, seed, num_workers)
+    was_training = model.training
+    model.to(device).eval()
+    amp_dtype = _amp_dtype(device, amp)
+    gen = torch.Generator().manual_seed(seed)
+    cols: dict[str, list] = {k: [] for k in ("prob", "label", "method", "compression", "video", "frame")}
+    pix: dict[str, list] = {}
+    for batch in tqdm(loader, desc="predict", leave=False, disable=None):
+        batch = move_batch(batch, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out = forward(model, batch)
+        n = len(batch["label"])
+        cols["prob"].append(torch.softmax(out["logits"].float(), 1)[:, 1].cpu().numpy())
+        cols["label"].append(batch["label"].cpu().numpy())
+        for k in ("method", "compression", "video"):
+            cols[k].append(np.asarray(batch.get(k, [""] * n), dtype=object))
+        frame = batch.get("frame")
+        cols["frame"].append(frame.cpu().numpy() if torch.is_tensor(frame) else np.asarray(frame if frame is not None else [-1] * n))
+        ml = out.get("mask_logits")
+        if ml is None or "mask" not in batch:
+            continue
+        prob = torch.sigmoid(ml.float())[:, 0]
+        gt = batch["mask"][:, 0] >= 0.5
+        pred = prob >= 0.5
+        for name, v in (("pixel_tp", pred & gt), ("pixel_fp", pred & ~gt), ("pixel_fn", ~pred & gt),
+                        ("pixel_tn", ~pred & ~gt)):
+            pix.setdefault(name, []).append(v.flatten(1).sum(1).cpu().numpy().astype(np.int64))
+        pix.setdefault("pixel_accuracy", []).append((pred == gt).float().flatten(1).mean(1).cpu().numpy())
+        hw = prob[0].numel()
+        k = min(pixels_per_image, hw)
+        if k > 0:
+            idx = torch.stack([torch.randperm(hw, generator=gen)[:k] for _ in range(n)]).to(device)
+            pix.setdefault("pixel_score", []).append(prob.flatten(1).gather(1, idx).flatten().cpu().numpy())
+            pix.setdefault("pixel_label", []).append(gt.flatten(1).gather(1, idx).flatten().cpu().numpy().astype(np.uint8))
+            start = sum(len(a) for a in cols["prob"]) - n
+            pix.setdefault("pixel_image", []).append(np.repeat(np.arange(start, start + n), k))
+        if keep_masks:
+            pix.setdefault("mask_prob", []).append(prob.cpu().numpy().astype(np.float16))
+    model.train(was_training)
+    result = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    result["prob"] = result["prob"].astype(np.float64)
+    result["label"] = result["label"].astype(np.int64)
+    result["frame"] = result["frame"].astype(np.int64)
+    result.update({k: np.concatenate(v) for k, v in pix.items()})
+    return result

@@ -1,0 +1,182 @@
+"""Training protocol (paper Eqs. 6–8, §IV-B): warm-up freezing, overfitting, resumable deterministic runs, records."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from emdlib import metrics
+from emdlib.models.emd import EMD
+from emdlib.runs import load_run_records, write_run_record
+from emdlib.train import (TrainConfig, fit, load_training_state, manipulation_loss, predict, set_trainable,
+                          train_step)
+
+torch.set_num_threads(1)
+S = 32  # tiny inputs keep each test a few seconds on a shared CPU
+
+
+class TinyFER(nn.Module):
+    """Stand-in with the ESR contract: ``select_branch(x) -> (fer_map (N,512,h,w), branch, cls)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 512, 16, stride=16)
+        self.bn = nn.BatchNorm2d(512)
+
+    def select_branch(self, x):
+        n = x.shape[0]
+        return self.bn(self.conv(x)), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+
+
+def tiny_items(n: int = 8, size: int = S, seed: int = 0) -> list[dict]:
+    """ManipulationDataset-like items: fakes carry a bright square whose region is the mask; reals are plain."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        fake = i % 2
+        img = torch.rand(3, size, size, generator=g) * 0.4 - 0.2
+        mask = torch.zeros(1, size, size)
+        if fake:
+            y, x = 4 * int(torch.randint(0, 3, (1,), generator=g)), 4 * int(torch.randint(0, 3, (1,), generator=g))
+            img[:, y : y + 16, x : x + 16] += 0.8
+            mask[:, y : y + 16, x : x + 16] = 1.0
+        items.append({"image": img, "fer_image": torch.rand(3, 96, 96, generator=g), "mask": mask,
+                      "label": torch.tensor(fake), "method": "Face2Face" if fake else "original",
+                      "compression": "c23", "video": f"{i // 2:03d}" + ("_x" if fake else ""), "frame": i})
+    return items
+
+
+def _model(seed: int = 0, fer: bool = True) -> EMD:
+    torch.manual_seed(seed)
+    return EMD(TinyFER() if fer else None, encoder="xception41")
+
+
+def _batch(items):
+    return torch.utils.data.default_collate(items)
+
+
+def test_loss_is_eq8_ce_plus_bce():
+    out = {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]]), "mask_logits": torch.zeros(2, 1, 2, 2)}
+    batch = {"label": torch.tensor([0, 1]), "mask": torch.ones(2, 1, 2, 2)}
+    loss, parts = manipulation_loss(out, batch)
+    ce = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
+    assert parts["loss_cls"] == pytest.approx(ce, rel=1e-5)
+    assert parts["loss_seg"] == pytest.approx(math.log(2), rel=1e-5)  # BCE(sigmoid(0)=.5, 1)
+    assert float(loss) == pytest.approx(ce + math.log(2), rel=1e-5)
+
+
+def test_warmup_gradients_only_in_last_conv_aspp_decoder_fc():
+    model = _model()
+    model.train()
+    trainable = list(model.trainable_parameters())
+    batch = _batch(tiny_items(4))
+    opt = torch.optim.Adam(trainable, lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    warm_prefixes = ("last_conv.", "aspp.", "decoder.", "fc.")
+
+    set_trainable(model, trainable, warmup=True)
+    train_step(model, batch, opt)
+    got = {names[id(p)] for p in model.parameters() if p.grad is not None}
+    expected = {n for n, _ in model.named_parameters() if n.startswith(warm_prefixes)}
+    assert got == expected and any(n.startswith("last_conv.conv") for n in got)
+
+    set_trainable(model, trainable, warmup=False)
+    train_step(model, batch, opt)
+    got = {names[id(p)] for p in model.parameters() if p.grad is not None}
+    assert got == {n for n, _ in model.named_parameters() if not n.startswith("fer.")}
+    assert any(n.startswith("encoder.stem") for n in got)
+
+
+def test_warmup_epoch_leaves_encoder_and_fer_weights_unchanged(tmp_path):
+    model = _model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, tiny_items(4), None, tmp_path, TrainConfig(warmup_epochs=1, epochs=0, batch_size=4, device="cpu"))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(n.startswith(("last_conv.", "aspp.", "decoder.", "fc.")) for n in changed)
+    assert "last_conv.conv.weight" in changed and "fc.weight" in changed
+    assert all(p.requires_grad for p in model.trainable_parameters())  # restored after fit
+
+
+def test_emd_overfits_a_tiny_batch():
+    model = _model()
+    model.train()
+    batch = _batch(tiny_items(4))
+    opt = torch.optim.Adam(list(model.trainable_parameters()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    first = train_step(model, batch, opt)
+    for _ in range(40):  # ~18 steps on this setup
+        last = train_step(model, batch, opt)
+        if last["loss_cls"] < 0.1 * first["loss_cls"] and last["loss_seg"] < 0.1 * first["loss_seg"]:
+            break
+    assert last["loss_cls"] < 0.1 * first["loss_cls"], (first, last)
+    assert last["loss_seg"] < 0.1 * first["loss_seg"], (first, last)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_ends_where_an_uninterrupted_run_does(tmp_path):
+    train, val = tiny_items(8, seed=1), tiny_items(4, seed=2)
+    cfg = TrainConfig(warmup_epochs=1, epochs=1, batch_size=4, seed=7, device="cpu", image_size=S)
+
+    model_a = _model(3)
+    res_a = fit(model_a, train, val, tmp_path / "a", cfg)
+
+    def crash_after_first(record):
+        if record["epoch"] == 1:
+            raise _Stop
+
+    model_b = _model(3)
+    with pytest.raises(_Stop):
+        fit(model_b, train, val, tmp_path / "b", cfg, on_epoch_end=crash_after_first)
+    model_b = _model(99)  # a fresh process: different init, everything must come from the checkpoint
+    res_b = fit(model_b, train, val, tmp_path / "b", cfg)
+
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert res_a["history"] == [
+        {**r, "seconds": ra["seconds"]} for r, ra in zip(res_b["history"], res_a["history"])
+    ]
+    assert res_a["best_epoch"] == res_b["best_epoch"] and res_a["best_val_accuracy"] == res_b["best_val_accuracy"]
+    pa, pb = predict(model_a, val, device="cpu"), predict(model_b, val, device="cpu")
+    assert np.array_equal(pa["prob"], pb["prob"]) and np.array_equal(pa["pixel_score"], pb["pixel_score"])
+    # the final training state also matches (optimizer moments included)
+    opt = torch.optim.Adam(list(model_a.trainable_parameters()), lr=1e-3)
+    meta = load_training_state(tmp_path / "b" / "last.safetensors", _model(5), opt)
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    # resuming with another seed is refused, naming the checkpoint
+    with pytest.raises(ValueError, match="last.safetensors.*seed"):
+        fit(_model(5), train, val, tmp_path / "b", dataclasses.replace(cfg, seed=8))
+
+
+def test_best_checkpoint_rebuilds_and_run_record_round_trip(tmp_path):
+    from emdlib.models.registry import model_from_checkpoint
+
+    model = _model(0, fer=False)
+    val = tiny_items(4, seed=2)
+    res = fit(model, tiny_items(4), val, tmp_path / "ck",
+              TrainConfig(warmup_epochs=1, epochs=0, batch_size=4, device="cpu", image_size=S))
+    rebuilt, meta = model_from_checkpoint(res["best_checkpoint"])
+    assert meta["image_size"] == S and meta["model"]["name"] == "emd"
+    x = torch.randn(2, 3, S, S)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x)["logits"], model.eval()(x)["logits"], atol=1e-6)
+
+    pred = predict(model, val, device="cpu")
+    m = metrics.evaluate(pred)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("video,frame\n000,0\n")
+    path = write_run_record(tmp_path / "results" / "tiny", "emd-Face2Face-c23", m, {"name": "tiny", "emd": {}},
+                            seed=0, manifest=manifest, checkpoint=res["best_checkpoint"], device=res["device"],
+                            wall_time_s=res["wall_time_s"])
+    assert path == tmp_path / "results" / "tiny" / "runs" / "emd-Face2Face-c23" / "metrics.json"
+    df = load_run_records(tmp_path / "results")
+    assert len(df) == 1 and df.loc[0, "preset"] == "tiny" and df.loc[0, "run"] == "emd-Face2Face-c23"
+    assert df.loc[0, "accuracy"] == pytest.approx(m["accuracy"])
+    assert len(df.loc[0, "checkpoint_sha256"]) == 64 and len(df.loc[0, "data_manifest_sha256"]) == 64
+    assert df.loc[0, "git_commit"]
