@@ -1,0 +1,408 @@
+"""Training and evaluation of the FER stream (paper §III-C, Eq. 1; official schedule reference-facts §A.5).
+
+* :func:`fer_loss` — Eq. 1: the sum over branches of each branch's cross-entropy (mean over the batch).
+* :func:`train_fer` — trains an :class:`~emdlib.models.esr.ESR` (or :class:`~emdlib.models.simfer.SimFER`) on an
+  expression set. Two schedules:
+
+  - ``"joint"`` (default, small presets): all branches from the start, SGD (momentum 0.9) with one learning rate and
+    StepLR — the same loss, the same optimiser family, far fewer epochs;
+  - ``"grow"`` (the official ESR schedule, reference-facts §A.5): base + branch 1 for ``first_epochs`` at lr 0.1;
+    then, for each further branch, reload the best ensemble, add the branch and train ``branch_epochs`` with the
+    newest branch at lr 0.1 and the base and older branches at 0.01; StepLR(10, 0.5) re-created every phase.
+
+  Both validate every ``val_every`` epochs and keep the state with the best validation **ensemble** (majority-vote)
+  accuracy (ties: the later one, as the official ``>=``). Augmentation is the official one
+  (:func:`fer_augmentation`).
+* :func:`evaluate` — per-branch accuracy, ensemble accuracy (Eq. 4 vote) and the ensemble confusion matrix.
+* :func:`save_fer_checkpoint` / :func:`load_fer_model` — safetensors + JSON sidecar (config, class names, input
+  convention, metrics) through :mod:`emdlib.checkpoint`.
+* Study steps for notebook 01: :func:`ensure_expression_set`, :func:`expression_splits`, :func:`ensure_fer_model`.
+
+Everything is seeded (``FERTrainConfig.seed``): model init, shuffling and augmentation draw from torch's RNG.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from emdlib.checkpoint import load_checkpoint, save_checkpoint
+from emdlib.data.expressions import EXPRESSIONS, ExpressionDataset, folder_samples, stratified_split, subject_split
+from emdlib.models.esr import ESR, INPUT_CONVENTION, FERStream, ensemble_vote_from_logits
+from emdlib.models.simfer import SimFER
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("joint", "grow")
+
+
+@dataclass(frozen=True)
+class FERTrainConfig:
+    """Hyper-parameters of :func:`train_fer`; defaults = the official optimiser (reference-facts §A.5), few epochs."""
+
+    schedule: str = "joint"  # joint | grow
+    epochs: int = 2  # joint: all epochs; grow: ignored (first_epochs / branch_epochs)
+    first_epochs: int = 50  # grow: base + branch 1
+    branch_epochs: int = 20  # grow: each further branch
+    batch_size: int = 32
+    lr: float = 0.1  # joint: every parameter; grow: base + branch 1 in phase 1, the newest branch later
+    later_lr: float = 0.01  # grow: base and older branches after phase 1
+    optimizer: str = "sgd"  # sgd (official, momentum 0.9) | adam (faster start on small sets)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 10  # StepLR step (epochs)
+    lr_gamma: float = 0.5
+    val_every: int = 1  # official: 2
+    augment: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str | None = None  # None: cuda when available
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown FER schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'")
+
+    @classmethod
+    def from_preset(cls, fer: Any, **overrides: Any) -> "FERTrainConfig":
+        """From a preset's ``FERConfig`` (epochs, batch size, lr; other fields keep their defaults)."""
+        base = {"epochs": fer.epochs, "batch_size": fer.batch_size, "lr": fer.lr}
+        for name in ("schedule", "augment", "seed", "optimizer"):
+            if hasattr(fer, name):
+                base[name] = getattr(fer, name)
+        return cls(**{**base, **overrides})
+
+
+def fer_augmentation() -> nn.Module:
+    """The official ESR training augmentation (reference-facts §A.5), applied to ESR-convention tensors.
+
+    ColorJitter(brightness 0.5, contrast 0.5), RandomHorizontalFlip(0.5), RandomAffine(30°, translate 0.1,
+    scale 1–1.25, bilinear). The official code jitters the BGR image as if it were RGB; so do we.
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    return v2.Compose([
+        v2.ColorJitter(brightness=0.5, contrast=0.5),
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomAffine(degrees=30, translate=(0.1, 0.1), scale=(1.0, 1.25), interpolation=InterpolationMode.BILINEAR),
+    ])
+
+
+def fer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: ``L_FER = Σ_b CE_b``, each branch's cross-entropy averaged over the batch. ``logits`` ``(N, B, C)``."""
+    if logits.ndim != 3:
+        raise ValueError(f"expected branch logits (N, B, C), got {tuple(logits.shape)}")
+    n, b, c = logits.shape
+    return F.cross_entropy(logits.reshape(n * b, c), labels.repeat_interleave(b), reduction="sum") / n
+
+
+def build_fer_model(kind: str = "ESR", num_branches: int = 9) -> FERStream:
+    """``"ESR"`` with ``num_branches`` branches or ``"SimFER"``."""
+    if kind == "ESR":
+        return ESR(num_branches)
+    if kind == "SimFER":
+        return SimFER()
+    raise ValueError(f"unknown FER model {kind!r}; choose 'ESR' or 'SimFER'")
+
+
+def model_spec(model: FERStream) -> dict[str, Any]:
+    """What :func:`build_fer_model` needs to rebuild ``model``."""
+    return {"kind": type(model).__name__, "num_branches": model.num_branches, "num_classes": model.num_classes}
+
+
+def _optimizer(params: Any, cfg: FERTrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _device(cfg: FERTrainConfig) -> torch.device:
+    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _outputs(model: FERStream, x: torch.Tensor, branches: Sequence[int] | None) -> torch.Tensor:
+    if branches is not None and isinstance(model, ESR):
+        return model.branch_outputs(x, branches)[1]
+    return model(x)
+
+
+def _loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0):
+    if isinstance(data, DataLoader):
+        return data
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())
+
+
+@torch.no_grad()
+def evaluate(
+    model: FERStream,
+    data: Dataset | DataLoader,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    branches: Sequence[int] | None = None,
+    class_names: Sequence[str] = EXPRESSIONS,
+) -> dict[str, Any]:
+    """Per-branch and ensemble accuracy and the ensemble confusion matrix (rows = truth, columns = vote).
+
+    The ensemble class is the majority vote of the (selected) branches, Eq. 4 with ties to the lowest class index.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    c = len(class_names)
+    confusion = np.zeros((c, c), dtype=np.int64)
+    correct_b: np.ndarray | None = None
+    n = 0
+    loss = 0.0
+    for x, y in _loader(data, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = _outputs(model, x, branches)
+        loss += float(fer_loss(logits, y)) * len(y)
+        hits = (logits.argmax(-1) == y[:, None]).sum(0).cpu().numpy()
+        correct_b = hits if correct_b is None else correct_b + hits
+        vote = ensemble_vote_from_logits(logits)
+        np.add.at(confusion, (y.cpu().numpy(), vote.cpu().numpy()), 1)
+        n += len(y)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: empty data set")
+    return {
+        "n": n,
+        "loss": loss / n,
+        "branch_accuracy": (correct_b / n).tolist(),
+        "ensemble_accuracy": float(np.trace(confusion) / n),
+        "confusion": confusion.tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def _train_epochs(
+    model: FERStream,
+    train: DataLoader,
+    val: Dataset | None,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    cfg: FERTrainConfig,
+    device: torch.device,
+    branches: Sequence[int] | None,
+    phase: str,
+    history: list[dict],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Train ``epochs`` epochs; return the best state (by validation ensemble accuracy) and its metrics."""
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    best_state, best = None, None
+    bar = tqdm(range(epochs), desc=f"FER {phase}", leave=False, disable=None)
+    for epoch in bar:
+        model.train()
+        t0, total, seen, hits = time.time(), 0.0, 0, 0
+        for x, y in tqdm(train, desc=f"epoch {epoch + 1}", leave=False, disable=None):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = _outputs(model, x, branches)
+            loss = fer_loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+            seen += len(y)
+            hits += int((ensemble_vote_from_logits(logits.detach()) == y).sum())
+        scheduler.step()
+        row = {"phase": phase, "epoch": epoch + 1, "train_loss": total / max(seen, 1),
+               "train_ensemble_accuracy": hits / max(seen, 1), "seconds": time.time() - t0}
+        last = epoch + 1 == epochs
+        if val is not None and ((epoch + 1) % cfg.val_every == 0 or last):
+            m = evaluate(model, val, cfg.batch_size, device, branches)
+            row.update(val_loss=m["loss"], val_ensemble_accuracy=m["ensemble_accuracy"],
+                       val_branch_accuracy=m["branch_accuracy"])
+            if best is None or m["ensemble_accuracy"] >= best["ensemble_accuracy"]:
+                best, best_state = m, copy.deepcopy(model.state_dict())
+        elif val is None and last:
+            best_state = copy.deepcopy(model.state_dict())
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row.get('val_ensemble_accuracy', float('nan')):.3f}")
+        log.info("FER %s epoch %d/%d: %s", phase, epoch + 1, epochs,
+                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "phase"})
+    return best_state, best
+
+
+def train_fer(
+    model: FERStream,
+    train_set: Dataset,
+    val_set: Dataset | None = None,
+    cfg: FERTrainConfig = FERTrainConfig(),
+    checkpoint: str | os.PathLike | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on ``train_set`` with Eq. 1 (see module docstring for the schedules); return a summary.
+
+    The model ends holding the best state; when ``checkpoint`` is given it is saved there with
+    :func:`save_fer_checkpoint`. ``train_set`` items are ``(image (3, 96, 96) BGR [0, 1], label)``; when
+    ``cfg.augment`` and the dataset has a ``transform`` attribute that is ``None``, the official augmentation is
+    set on it for training only.
+    """
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg)
+    model.to(device)
+    restore_transform = False
+    if cfg.augment and getattr(train_set, "transform", "absent") is None:
+        train_set.transform = fer_augmentation()
+        restore_transform = True
+    t0 = time.time()
+    history: list[dict] = []
+    try:
+        train = _loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.num_workers)
+        if cfg.schedule == "joint" or not isinstance(model, ESR) or model.num_branches == 1:
+            epochs = cfg.epochs if cfg.schedule == "joint" else cfg.first_epochs
+            opt = _optimizer(model.parameters(), cfg)
+            state, best = _train_epochs(model, train, val_set, opt, epochs, cfg, device, None, "joint", history)
+        else:
+            state, best = None, None
+            for k in range(1, model.num_branches + 1):
+                if state is not None:
+                    model.load_state_dict(state)  # the best ensemble so far (official: reload, then add a branch)
+                active = list(range(k))
+                if k == 1:
+                    groups = [{"params": model.base.parameters(), "lr": cfg.lr},
+                              {"params": model.branches[0].parameters(), "lr": cfg.lr}]
+                    epochs = cfg.first_epochs
+                else:
+                    groups = [{"params": model.base.parameters(), "lr": cfg.later_lr},
+                              {"params": model.branches[k - 1].parameters(), "lr": cfg.lr}]
+                    groups += [{"params": model.branches[b].parameters(), "lr": cfg.later_lr} for b in range(k - 1)]
+                    epochs = cfg.branch_epochs
+                opt = _optimizer(groups, cfg)
+                state, best = _train_epochs(model, train, val_set, opt, epochs, cfg, device, active,
+                                            f"branch {k}/{model.num_branches}", history)
+        if state is not None:
+            model.load_state_dict(state)
+    finally:
+        if restore_transform:
+            train_set.transform = None
+    summary = {
+        "model": model_spec(model),
+        "train_config": dataclasses.asdict(cfg),
+        "best_val": best,
+        "history": history,
+        "train_seconds": time.time() - t0,
+        "n_train": len(train_set),
+        "n_val": len(val_set) if val_set is not None else 0,
+    }
+    if checkpoint is not None:
+        summary["checkpoint"] = str(checkpoint)
+        summary["sha256"] = save_fer_checkpoint(checkpoint, model, {
+            "train_config": summary["train_config"], "metrics": best, "history": history, **(extra_meta or {})})
+    return summary
+
+
+def save_fer_checkpoint(path: str | os.PathLike, model: FERStream, meta: dict[str, Any] | None = None) -> str:
+    """Save a FER model (safetensors) with a sidecar: model spec, class names, input convention, ``meta``."""
+    return save_checkpoint(path, model.state_dict(), {
+        "model": model_spec(model),
+        "class_names": list(EXPRESSIONS),
+        "input_convention": INPUT_CONVENTION,
+        **(meta or {}),
+    })
+
+
+def load_fer_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FERStream, dict]:
+    """Rebuild a FER model from a checkpoint written by :func:`save_fer_checkpoint`: ``(model in eval mode, meta)``."""
+    state, meta = load_checkpoint(path, device)
+    spec = meta.get("model")
+    if not spec:
+        raise ValueError(f"{path}: sidecar has no 'model' entry; not a FER checkpoint")
+    model = build_fer_model(spec["kind"], spec.get("num_branches", 1))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit {spec} ({e})") from e
+    return model.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Study steps (notebook 01 and `emd reproduce` call these; each is idempotent)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def ensure_expression_set(out_dir: str | os.PathLike, data_cfg: Any) -> dict[str, int]:
+    """Render the preset's synth expression set into ``out_dir`` unless complete (``DataConfig`` sizes)."""
+    from emdlib.data.synth import render_expression_set
+
+    out_dir = Path(out_dir)
+    n = data_cfg.expression_images_per_class
+    counts = {name: len(list((out_dir / name).glob("*.png"))) for name in EXPRESSIONS}
+    if all(c >= n for c in counts.values()):
+        return counts
+    return render_expression_set(out_dir, n, size=data_cfg.expression_size, seed=data_cfg.seed)
+
+
+def expression_splits(
+    root: str | os.PathLike,
+    by_subject: bool = False,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    size: int = 96,
+) -> dict[str, ExpressionDataset]:
+    """Train / val / test :class:`ExpressionDataset` s of a class-per-folder set (preloaded; small sets).
+
+    ``by_subject``: subject-disjoint (CK+ names); otherwise stratified per class (synth: one identity per image).
+    """
+    samples = folder_samples(root)
+    split = subject_split if by_subject else stratified_split
+    parts = split(samples, fractions, seed=seed)
+    empty = [k for k, v in parts.items() if not v]
+    if empty:
+        raise ValueError(f"{root}: too few images for a {tuple(fractions)} split ({empty} empty)")
+    return {k: ExpressionDataset(v, size=size, preload=True) for k, v in parts.items()}
+
+
+def ensure_fer_model(
+    kind: str,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    cfg: FERTrainConfig,
+    checkpoint: str | os.PathLike,
+    num_branches: int = 9,
+    esr_weights: str | os.PathLike | None = None,
+    retrain: bool = False,
+) -> tuple[FERStream, dict[str, Any]]:
+    """The FER stream of a study: official ESR-9 weights when ``esr_weights`` is given (kind ESR), else the
+    checkpoint when it exists and fits (``kind``, ``num_branches``), else trained now with :func:`train_fer` and saved.
+
+    Returns ``(model in eval mode, info)``; ``info["source"]`` is ``"official"``, ``"checkpoint"`` or ``"trained"``.
+    """
+    checkpoint = Path(checkpoint)
+    want = {"kind": kind, "num_branches": num_branches if kind == "ESR" else 1}
+    if kind == "ESR" and esr_weights is not None:
+        from emdlib.models.esr import load_official_esr
+
+        model = ESR(9)
+        report = load_official_esr(model, esr_weights)
+        info = {"source": "official", "loaded": [p.name for p in report.loaded], "missing": [p.name for p in report.missing]}
+        save_fer_checkpoint(checkpoint, model, {"source": info})
+        return model.eval(), info
+    if checkpoint.is_file() and not retrain:
+        model, meta = load_fer_model(checkpoint)
+        spec = meta.get("model", {})
+        if {k: spec.get(k) for k in want} == want:
+            log.info("%s: using the existing %s checkpoint", checkpoint, kind)
+            return model, {"source": "checkpoint", "checkpoint": str(checkpoint), "metrics": meta.get("metrics")}
+        log.info("%s: checkpoint is %s, wanted %s: retraining", checkpoint, spec, want)
+    torch.manual_seed(cfg.seed)
+    model = build_fer_model(kind, want["num_branches"])
+    summary = train_fer(model, train_set, val_set, cfg, checkpoint=checkpoint)
+    return model.eval(), {"source": "trained", **summary}
