@@ -63,19 +63,42 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from emdlib.detect import detect
+    from emdlib.detect import detect, exit_code
 
     results = detect(
         args.paths, args.checkpoint, out_dir=args.out, fps=args.fps, every=args.every,
-        overlay_videos=args.overlay, device=args.device, batch_size=args.batch_size,
+        overlay=args.overlay, device=args.device, batch_size=args.batch_size,
+        detect_max_side=args.detect_max_side or None,
     )
     for r in results:
         sys.stdout.write(r.summary() + "\n")
-    read = sum(r.ok for r in results)
-    if read == 0:
+    sys.stdout.flush()
+    code = exit_code(results)
+    failed = sum(not r.ok for r in results)
+    if not results:
+        log.error("no inputs found in %s", " ".join(args.paths))
+    elif code == 1:
         log.error("none of the %d inputs could be read", len(results))
-        return 1
-    return 0
+    elif failed:
+        log.warning("%d of %d inputs could not be read (see the ERROR lines)", failed, len(results))
+    return code
+
+
+DETECT_EPILOG = """\
+outputs (in --out): <name>.csv (frame, time_s, face, left, top, right, bottom, box_x, box_y, box_size,
+p_fake, mask_area: one row per sampled frame and face), <name>.json (summary, warnings, timings, rows; also for
+inputs that failed, with the error), with --overlay <name>.overlay.mp4 (videos) or .overlay.<ext> (images),
+and summary.csv (one line per input).
+<name> is the input's file name (extension kept), or its path relative to a folder given on the command line.
+stdout: one summary line per input ("PATH: ... p(fake)=0.873 -> FAKE", "PATH: ... no face found" or
+"PATH: ERROR why"). Video score = mean over sampled frames with a face of the most-fake face's p_fake.
+
+exit status:
+  0  every input was read (including inputs in which no face was found)
+  3  some inputs were read, others could not be (their ERROR lines say why)
+  1  no input could be read, or no input was found
+  2  usage error, or the checkpoint could not be loaded
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,16 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preset(p)
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("detect", help="score faces in videos/images with a trained detector")
-    p.add_argument("paths", nargs="+", help="videos (mp4/avi/mov/mkv), images (jpg/png/webp) or folders")
-    p.add_argument("--checkpoint", required=True, help="emdlib .safetensors checkpoint or official MesoNet .h5")
-    p.add_argument("--out", default="detect_out", help="folder for per-input CSV/JSON and overlays")
+    p = sub.add_parser("detect", help="score faces in videos/images with a trained detector",
+                       description="Detect every face (dlib, FF++ 1.3x box) in the sampled frames of videos and "
+                                   "images and score it with a trained detector.",
+                       epilog=DETECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="videos (mp4/avi/mov/mkv), images (jpg/png/webp/bmp/tif) or folders "
+                                            "(searched recursively; other files in them are skipped)")
+    p.add_argument("--checkpoint", required=True, help="emdlib .safetensors detector checkpoint (with its .json "
+                                                       "sidecar) or official MesoNet Keras weights (.h5)")
+    p.add_argument("--out", default="detect_out",
+                   help="folder for per-input CSV/JSON and overlays (default %(default)s)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--fps", type=float, default=None, help="sample this many frames per second")
-    g.add_argument("--every", type=int, default=None, help="sample every N-th frame")
-    p.add_argument("--overlay", action="store_true", help="write annotated videos/images")
+    g.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
+    g.add_argument("--every", type=int, default=None, help="sample every N-th frame (default: every frame)")
+    p.add_argument("--overlay", action="store_true", help="write annotated videos/images (box, score, mask heat-map)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="faces per network batch (default %(default)s)")
+    p.add_argument("--detect-max-side", type=int, default=1280,
+                   help="detect faces on a copy down-scaled to this longest side (0 = full size; default %(default)s)")
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
