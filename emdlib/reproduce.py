@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from emdlib.io import write_json
+from emdlib.io import read_json, write_json
 from emdlib.presets import get_preset, results_dir
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def reproduce(
     notebook_dir: str | Path = NOTEBOOK_DIR,
     extra_parameters: dict | None = None,
 ) -> dict[str, float]:
-    """Execute the notebooks for ``preset``; return the wall time of each (also written to ``timings.json``).
+    """Execute the notebooks for ``preset``; return the wall time of each (merged into ``timings.json``).
 
     ``only`` restricts the run to notebooks whose name starts with one of the given prefixes (e.g. ``["00", "01"]``).
     """
@@ -59,5 +59,7 @@ def reproduce(
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(nb.parent), progress_bar=False)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         log.info("%s done in %.1f s", nb.name, timings[nb.name])
-    write_json(results_dir(preset, results_root) / "timings.json", timings)
+    timings_path = results_dir(preset, results_root) / "timings.json"
+    previous = read_json(timings_path) if timings_path.is_file() else {}
+    write_json(timings_path, {**previous, **timings})  # a partial run (--only) keeps the other notebooks' times
     return timings
