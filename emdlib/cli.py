@@ -53,10 +53,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok_frames", 0) > 0 else 1
 
 
+def _parse_value(text: str):
+    """A notebook parameter from the command line: JSON when it parses (numbers, lists, null), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from emdlib.reproduce import reproduce
 
-    timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only)
+    extra = {name: _parse_value(value) for name, value in (args.param or [])}
+    timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only,
+                        extra_parameters=extra)
     for name, seconds in timings.items():
         sys.stdout.write(f"{name}: {seconds:.1f} s\n")
     return 0
@@ -151,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
     p.add_argument("--results", default="results", help="results root (default ./results)")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 00 01")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="extra notebook parameter, e.g. -p ffpp_root /data/FaceForensics -p esr_weights /data/esr9")
     _add_preset(p)
     p.set_defaults(func=_cmd_reproduce)
     return parser
