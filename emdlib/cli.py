@@ -22,10 +22,26 @@ def _add_preset(p: argparse.ArgumentParser, default: str = "cpu") -> None:
     p.add_argument("--preset", default=default, choices=sorted(PRESETS), help=f"study preset (default {default})")
 
 
+def _data_config(args: argparse.Namespace):
+    """The preset's DataConfig with the command line's size overrides applied."""
+    import dataclasses
+
+    cfg = get_preset(args.preset).data
+    changes = {k: v for k, v in (("pairs", tuple(args.pairs) if args.pairs else None),
+                                 ("frames_per_clip", args.frames), ("frame_size", args.size)) if v is not None}
+    return dataclasses.replace(cfg, **changes)
+
+
+def _add_size_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pairs", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="override the split sizes (pairs)")
+    p.add_argument("--frames", type=int, help="override frames per clip")
+    p.add_argument("--size", type=int, help="override the frame side in pixels")
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from emdlib.data.synth import build_synth_world
 
-    cfg = get_preset(args.preset).data
+    cfg = _data_config(args)
     summary = build_synth_world(Path(args.out), cfg, seed=args.seed)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
@@ -34,7 +50,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_forge(args: argparse.Namespace) -> int:
     from emdlib.data.forge import build_faces_world
 
-    cfg = get_preset(args.preset).data
+    cfg = _data_config(args)
     summary = build_faces_world(Path(args.faces), Path(args.out), cfg, seed=args.seed)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
@@ -120,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output root (FF++ layout)")
     p.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     _add_preset(p)
+    _add_size_overrides(p)
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("forge", help="manipulate a folder of real face photos into the FF++ layout")
@@ -127,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output root (FF++ layout)")
     p.add_argument("--seed", type=int, default=None)
     _add_preset(p, default="faces")
+    _add_size_overrides(p)
     p.set_defaults(func=_cmd_forge)
 
     p = sub.add_parser("prepare", help="sample frames, crop faces, build the face cache and manifest")
