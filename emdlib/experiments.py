@@ -151,7 +151,11 @@ def _run_torch(spec: System, paths: StudyPaths, preset: Preset, sets: dict, name
 
     model = build_system(spec, paths, preset)
     cfg = TrainConfig.from_emd(preset.emd, seed=seed)
-    summary = fit(model, sets["train"], sets["val"], paths.checkpoints / "runs" / name, cfg)
+    meta = {}
+    if not callable(getattr(model, "spec", None)) and spec.fer is None:
+        # lets emd detect / registry.model_from_checkpoint rebuild the baseline by name
+        meta["model"] = {"name": spec.kind, "kwargs": {"pretrained": False} if spec.kind == "xception" else {}}
+    summary = fit(model, sets["train"], sets["val"], paths.checkpoints / "runs" / name, cfg, meta=meta)
     pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
             "history": summary.get("history", [])}
