@@ -72,6 +72,7 @@ class EMDConfig:
     batch_size: int = 8
     lr: float = 1e-3
     pretrained: bool = False
+    max_batches: int | None = None  # cap on training batches per epoch (smoke-test presets only)
     cells: tuple[tuple[str, str], ...] = (("Face2Face", "c23"),)
 
 
@@ -95,6 +96,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
         fer=FERConfig(optimizer="adam", lr=1e-3),
+        emd=EMDConfig(max_batches=2),
         note="Smoke-test size: a handful of synthetic videos; its numbers show that the pipeline runs, nothing more.",
     ),
     "cpu": Preset(

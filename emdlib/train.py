@@ -76,7 +76,7 @@ class TrainConfig:
     def from_emd(cls, cfg: Any, seed: int = 0, **overrides: Any) -> "TrainConfig":
         """From an :class:`emdlib.presets.EMDConfig` (warm-up/epochs/batch/lr/image size)."""
         base = dict(warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    seed=seed, image_size=cfg.image_size)
+                    seed=seed, image_size=cfg.image_size, max_batches=getattr(cfg, "max_batches", None))
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
