@@ -583,3 +583,85 @@ def fig7_samples(paths: Any, preset: Preset, cells: Sequence[tuple[str, str]], n
                 prob=float(probs[k]), cam_label=cam_labels[k])
             (fakes if fake else reals).append(s)
     return fakes, reals
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Notebook 02: the EMD network, its training curves, test metrics and predicted masks
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def architecture_table(model: torch.nn.Module) -> pd.DataFrame:
+    """Parameters per part of an EMD model and which parts train in the warm-up epochs (§IV-B)."""
+    warm = {id(p) for p in model.warmup_parameters()}
+    parts = {"encoder (aligned Xception, up to its last conv)": model.encoder,
+             f"last conv (rebuilt{': +512 FER channels' if model.fer is not None else ''})": model.last_conv,
+             "ASPP": model.aspp, "decoder": model.decoder, "FC(2)": model.fc}
+    if model.fer is not None:
+        parts["FER stream (frozen)"] = model.fer
+    return pd.DataFrame([{"part": name, "parameters": sum(p.numel() for p in m.parameters()),
+                          "warm-up": all(id(p) in warm for p in m.parameters()),
+                          "full phase": m is not model.fer} for name, m in parts.items()])
+
+
+def training_curves_figure(records: Iterable[Mapping[str, Any]], warmup_epochs: int) -> "plt.Figure":
+    """L_cls (Eq. 6), L_seg (Eq. 7) on the training set and validation accuracy per epoch, one line per run;
+    the warm-up epochs are shaded."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for rec in records:
+        h = pd.DataFrame(rec.get("history") or [])
+        label = f'{rec["system"]} · {rec["method"]} {rec["compression"]}'
+        for ax, col in zip(axes, ["train_loss_cls", "train_loss_seg", "val_accuracy"]):
+            if col in h:
+                ax.plot(h["epoch"], h[col], marker="o", label=label)
+    for ax, title in zip(axes, ["$L_{cls}$ (Eq. 6), training", "$L_{seg}$ (Eq. 7), training", "validation accuracy"]):
+        ax.axvspan(0.5, warmup_epochs + 0.5, color="0.92", zorder=0)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch (grey: warm-up)")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[2].legend(fontsize=7)
+    return fig
+
+
+METRIC_COLUMNS = ["system", "method", "compression", "accuracy", "auc", "ap", "eer", "video_accuracy", "video_auc",
+                  "pixel_accuracy", "iou", "f1", "pixel_auc", "best_epoch", "wall_time_s", "device"]
+
+
+def metrics_table(paths: Any, systems: Sequence[str], cells: Sequence[tuple[str, str]], seed: int = 0) -> pd.DataFrame:
+    """Test metrics of the given systems × cells, read from their run records."""
+    from emdlib.experiments import run_name
+    from emdlib.runs import load_run_records
+
+    names = {run_name(s, m, c, seed) for s in systems for m, c in cells}
+    runs = load_run_records(paths.results)
+    if runs.empty:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    runs = runs[runs["run"].isin(names)]
+    cols = [c for c in METRIC_COLUMNS if c in runs]
+    return runs[cols].sort_values(["method", "compression", "system"]).reset_index(drop=True)
+
+
+def predicted_masks_figure(paths: Any, preset: Preset, systems: Sequence[str], method: str, compression: str,
+                           seed: int = 0, n_fake: int = 4, n_real: int = 2) -> "plt.Figure":
+    """Test faces of one cell: the face, its ground-truth mask and each trained system's predicted mask and P(fake)."""
+    from emdlib.experiments import cell_datasets
+    from emdlib.train import predict
+
+    test = cell_datasets(paths, preset, method, compression)["test"]
+    labels = test.labels
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([rng.permutation(np.flatnonzero(labels == 1))[:n_fake],
+                           rng.permutation(np.flatnonzero(labels == 0))[:n_real]])
+    items = [test[int(i)] for i in pick]
+    probs = {s: predict(load_run_model(paths, s, method, compression, seed), items, device="cpu", keep_masks=True)
+             for s in systems}
+    cols = 2 + len(systems)
+    fig, axes = plt.subplots(len(items), cols, figsize=(1.8 * cols, 1.9 * len(items)), squeeze=False)
+    for j, item in enumerate(items):
+        row = [((item["image"].permute(1, 2, 0).numpy() * 0.5 + 0.5).clip(0, 1), f'{item["method"]} {item["video"]}'),
+               (item["mask"][0].numpy(), "ground truth")]
+        row += [(probs[s]["mask_prob"][j].astype(np.float32), f'{s}\np(fake)={probs[s]["prob"][j]:.2f}') for s in systems]
+        for ax, (img, title) in zip(axes[j], row):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    return fig

@@ -94,3 +94,10 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_csv(path: str | os.PathLike, frame: "pandas.DataFrame", index: bool = False) -> Path:  # noqa: F821
+    """Write a pandas DataFrame as CSV atomically."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=index)
+    return Path(path)
