@@ -255,14 +255,14 @@ def training_size_points(preset: Preset, n_points: int | None = None) -> list[in
 def training_size_plan(preset: Preset) -> dict[str, Any]:
     """Preset-dependent defaults of notebook 05: ``points``, ``seeds`` (three, as the minimum for an interval) and
     ``cells`` — F2F and one other cell of the preset (NT, else DF) as the paper's two panels; one cell for a
-    smoke-test preset (≤ 8 training videos)."""
+    smoke-test preset (≤ 8 training videos) or when the preset asks for one (``EMDConfig.curve_cells``)."""
     cells = list(preset.emd.cells)
     f2f = [c for c in cells if c[0] == "Face2Face"] or cells[:1]
     chosen = f2f[:1]
-    if _train_videos(preset) > 8:
+    if _train_videos(preset) > 8 and preset.emd.curve_cells > 1:
         others = [c for m in ("NeuralTextures", "Deepfakes") for c in cells if c[0] == m and c[1] == chosen[0][1]]
         chosen += others[:1]
-    return {"points": training_size_points(preset), "seeds": [0, 1, 2], "cells": chosen}
+    return {"points": training_size_points(preset, preset.emd.curve_points), "seeds": [0, 1, 2], "cells": chosen}
 
 
 def training_size_runs(paths: Any, preset: Preset, points: Sequence[int], seeds: Sequence[int],
