@@ -101,9 +101,11 @@ def test_training_size_points_increase_within_train_size():
 
 def test_training_size_plan_cells():
     assert analysis.training_size_plan(get_preset("tiny"))["cells"] == [("Face2Face", "c23")]
-    plan = analysis.training_size_plan(get_preset("cpu"))
+    plan = analysis.training_size_plan(get_preset("faces"))
     assert plan["cells"] == [("Face2Face", "c23"), ("NeuralTextures", "c23")]
     assert len(plan["seeds"]) >= 3
+    cpu = analysis.training_size_plan(get_preset("cpu"))  # the preset asks for one panel and three sizes
+    assert cpu["cells"] == [("Face2Face", "c23")] and len(cpu["points"]) == 3
 
 
 def _fake_pred(rng, n=40, pixels=64, shift=1.0):
