@@ -143,7 +143,14 @@ def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compre
                             "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
                             "history": train_info.get("history", [])},
                      preset=preset.name)
+    _drop_training_state(paths.checkpoints / "runs" / name)
     return read_json(record_path)
+
+
+def _drop_training_state(run_dir: Path) -> None:
+    """A finished run needs only its best weights: drop ``last.*`` (weights + optimiser state, only for resuming)."""
+    for f in ("last.safetensors", "last.json"):
+        (run_dir / f).unlink(missing_ok=True)
 
 
 def _run_torch(spec: System, paths: StudyPaths, preset: Preset, sets: dict, name: str, seed: int):
