@@ -7,7 +7,8 @@
   reported separately as ``fit_wall_s_rounds``). Bare and loop measurements alternate for ``--rounds`` rounds and the
   best of each is reported, so load swings on a shared machine do not land on one side only.
 
-Model: EMD on ``xception41`` with an ESR FER stream of the cpu preset's branch count, 128 px, batch 16 (preset ``cpu``).
+Model: EMD with an ESR FER stream at the preset's encoder, input size, branch count and batch (``cpu``: xception41, 64 px,
+ESR-3, batch 16).
 
     python benchmarks/train_throughput.py --out results/benchmarks/train_throughput.json
 
