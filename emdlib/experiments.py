@@ -120,7 +120,11 @@ def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compre
     name = run_name(system, method, compression, seed, n_train_videos)
     record_path = paths.runs / name / "metrics.json"
     if record_path.is_file() and not force:
-        return read_json(record_path)
+        record = read_json(record_path)
+        if _same_protocol(record.get("config", {}).get("preset"), preset.to_dict()):
+            return record
+        log.warning("%s: recorded under another preset configuration; training again", record_path)
+        _drop_training_state(paths.checkpoints / "runs" / name)  # never resume a run of another protocol
     spec = SYSTEMS[system]
     sets = cell_datasets(paths, preset, method, compression, n_train_videos, seed)
     t0 = time.perf_counter()
@@ -145,6 +149,13 @@ def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compre
                      preset=preset.name)
     _drop_training_state(paths.checkpoints / "runs" / name)
     return read_json(record_path)
+
+
+def _same_protocol(recorded: dict | None, current: dict) -> bool:
+    """Whether a stored run used the preset configuration it would get now (JSON round trip: tuples → lists)."""
+    import json
+
+    return recorded is not None and json.loads(json.dumps(recorded)) == json.loads(json.dumps(current))
 
 
 def _drop_training_state(run_dir: Path) -> None:
