@@ -98,7 +98,8 @@ def test_multitask_ensfer_output_and_frozen_fer():
     assert all(not p.requires_grad for p in fer.parameters())
     model.train()
     assert not fer.training  # stays in eval mode (frozen BN statistics)
-    assert {id(p) for p in model.warmup_parameters()} == {id(p) for p in model.fusion.parameters()}
+    new_layers = [*model.fer_norm.parameters(), *model.fusion.parameters()]
+    assert {id(p) for p in model.warmup_parameters()} == {id(p) for p in new_layers}
     with pytest.raises(ValueError, match="fer_image"):
         model(batch["image"])
 

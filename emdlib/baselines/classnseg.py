@@ -213,10 +213,12 @@ class MultiTaskEnsFER(MultiTask):
 
     As EMD does for Xception (paper §III-D; Eqs. 3–5 select the branch): ``fer.select_branch(fer_image)`` →
     ``fer_map (N, 512, h, w)`` of the most confident ESR branch, bilinearly resized to the latent grid (16×16),
-    concatenated to the 128-channel latent and mapped back to 128 channels by a new 1×1 convolution. *Inferred*
-    (the paper gives no layer details): the fusion conv is initialised as the identity on the latent channels and
-    zero on the FER channels, so a MultiTask loaded with official weights starts out unchanged and learns how much
-    FER to use. The FER network is frozen (``requires_grad=False``, kept in eval mode, run under no_grad).
+    batch-normalised, concatenated to the 128-channel latent and mapped back to 128 channels by a new 1×1
+    convolution followed by ReLU. *Inferred* (the paper gives no layer details): the fusion conv is initialised as the
+    identity on the latent channels and zero on the FER channels, so a MultiTask loaded with official weights starts
+    out unchanged (its latent is post-ReLU, so the ReLU keeps it so) and learns how much FER to use. The FER map is
+    batch-normalised first because ESR's post-ReLU map has an arbitrary scale (tens, against the latent's ~1): fed raw,
+    its gradients blew the activation-based classification up (first run: loss_cls ≈ 10, all-fake masks). The FER network is frozen (``requires_grad=False``, kept in eval mode, run under no_grad).
 
     ``fer``: a module with ``select_branch(x) -> (fer_map, branch, cls)`` (emdlib.models.esr.ESR); built with
     default arguments when omitted (load its weights with ``emdlib.models.esr.load_official_esr``).
@@ -232,6 +234,7 @@ class MultiTaskEnsFER(MultiTask):
         for p in self.fer.parameters():
             p.requires_grad_(False)
         self.fer.eval()
+        self.fer_norm = nn.BatchNorm2d(fer_channels)
         self.fusion = nn.Conv2d(LATENT_CHANNELS + fer_channels, LATENT_CHANNELS, 1)
         with torch.no_grad():
             self.fusion.weight.zero_()
@@ -249,10 +252,11 @@ class MultiTaskEnsFER(MultiTask):
         with torch.no_grad():
             fer_map, _, _ = self.fer.select_branch(fer_image)
         fer_map = F.interpolate(fer_map.to(latent.dtype), size=latent.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fusion(torch.cat([latent, fer_map], 1))
+        return F.relu(self.fusion(torch.cat([latent, self.fer_norm(fer_map)], 1)))
 
     def warmup_parameters(self) -> Iterator[nn.Parameter]:
-        """The newly initialised fusion layer (the rest may come from the official MultiTask weights)."""
+        """The newly initialised fusion layers (the rest may come from the official MultiTask weights)."""
+        yield from self.fer_norm.parameters()
         yield from self.fusion.parameters()
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
