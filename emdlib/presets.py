@@ -125,7 +125,8 @@ PRESETS: dict[str, Preset] = {
         data=DataConfig(world="ffpp", pairs=(360, 70, 70)),
         prepare=PrepareConfig(train_frames=200, eval_frames=10, crop_size=299, workers=8),
         fer=FERConfig(branches=9, epochs=50),
-        emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS),
+        emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, pretrained=True,
+                      cells=_ALL_CELLS),
         note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",
     ),
 }
