@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def fer_stream(paths: StudyPaths, preset: Preset, kind: str) -> torch.nn.Module:
         model, _ = fer.load_fer_model(ckpt)
         return model
     sets = expression_sets(paths, preset)
-    cfg = fer.FERTrainConfig.from_preset(preset.fer) if hasattr(fer.FERTrainConfig, "from_preset") else fer.FERTrainConfig()
+    cfg = fer.FERTrainConfig.from_preset(preset.fer)
     model, _ = fer.ensure_fer_model(kind, sets["train"], sets["val"], cfg, ckpt, num_branches=preset.fer.branches,
                                     esr_weights=preset.fer.esr_weights if kind == "ESR" else None)
     return model
@@ -216,8 +216,8 @@ def load_predictions(paths: StudyPaths, run: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def run_grid(paths: StudyPaths, preset: Preset, systems: list[str], cells: list[tuple[str, str]], seed: int = 0,
-             progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def run_grid(paths: StudyPaths, preset: Preset, systems: list[str], cells: list[tuple[str, str]],
+             seed: int = 0) -> list[dict[str, Any]]:
     """:func:`run_cell` for every system × cell (finished runs are read back)."""
     records = []
     for method, comp in cells:
