@@ -8,8 +8,8 @@ One loop for EMD, its variants and every trainable baseline (team training-loop 
 * warm-up (§IV-B "we fix all weights up to the last convolutional layer and pre-train the network for 3 epochs"):
   only ``model.warmup_parameters()`` train; then the whole network (``model.trainable_parameters()`` when defined,
   e.g. EMD excludes its frozen FER stream) for the remaining epochs;
-* Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16; the best model by validation accuracy is kept (``best.safetensors``)
-  and loaded back into the model at the end.
+* Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16; the best model by validation accuracy (ties: lower validation
+  loss, :func:`is_better`) is kept (``best.safetensors``) and loaded back into the model at the end.
 
 Engineering: CUDA with AMP (bf16 where supported, else fp16 with a grad scaler) and channels_last, CPU otherwise;
 seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(seed, epoch)`` at each epoch start);
@@ -361,15 +361,21 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def is_better(acc: float | None, loss: float, best_acc: float, best_loss: float) -> bool:
+    """Model selection (§IV-B keeps the best model on validation): higher accuracy, or the same at lower loss."""
+    return acc is not None and (acc > best_acc or (acc == best_acc and loss < best_loss))
+
+
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir: str | Path,
         config: TrainConfig = TrainConfig(), resume: bool = True,
         on_epoch_end: Callable[[dict], None] | None = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` with the §IV-B protocol; checkpoints in ``out_dir``; returns a summary.
 
     ``train_data`` / ``val_data``: datasets of dicts (``ManipulationDataset`` items). After every epoch the training
-    state goes to ``out_dir/last.safetensors`` and, when validation accuracy improves (strictly), the weights go to
-    ``out_dir/best.safetensors`` (sidecar: model spec, image size, epoch, validation metrics, config and ``meta``).
-    With ``resume`` an existing ``last.safetensors`` is continued. At the end the best weights are loaded into
+    state goes to ``out_dir/last.safetensors`` and, when validation accuracy improves — or equals the best so far at a
+    lower validation loss (with 10–50 validation images ties are common, and the first epoch of a tie can be a
+    warm-up epoch whose decoder has not trained yet) — the weights go to ``out_dir/best.safetensors`` (sidecar: model
+    spec, image size, epoch, validation metrics, config and ``meta``). With ``resume`` an existing ``last.safetensors`` is continued. At the end the best weights are loaded into
     ``model`` (the last ones when there is no validation set).
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
@@ -399,7 +405,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
         log.info("%s has no warmup_parameters(); warm-up epochs train the whole network", type(model).__name__)
 
     history: list[dict] = []
-    best_acc, best_epoch, start = -math.inf, None, 0
+    best_acc, best_loss, best_epoch, start = -math.inf, math.inf, None, 0
     last_path, best_path = out_dir / LAST, out_dir / BEST
     if resume and last_path.is_file():
         prev = load_training_state(last_path, model, optimizer, scaler, device)
@@ -410,6 +416,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
         start, history = int(prev["epoch"]), list(prev.get("history", []))
         best_acc = prev.get("best_val_accuracy", -math.inf)
         best_acc = -math.inf if best_acc is None else best_acc
+        best_loss = prev.get("best_val_loss", math.inf)
+        best_loss = math.inf if best_loss is None else best_loss
         best_epoch = prev.get("best_epoch")
         log.info("resuming %s from epoch %d", last_path, start)
 
@@ -445,17 +453,17 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
             record.update({f"val_{k}": v for k, v in val.items()})
         record["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(record)
-        acc = record.get("val_accuracy")
-        improved = acc is not None and acc > best_acc
-        if improved or val_loader is None:
-            best_acc = acc if acc is not None else best_acc
+        acc, loss = record.get("val_accuracy"), record.get("val_loss", math.inf)
+        if is_better(acc, loss, best_acc, best_loss) or val_loader is None:
+            best_acc, best_loss = (acc, loss) if acc is not None else (best_acc, best_loss)
             best_epoch = epoch + 1
             save_checkpoint(best_path, model.state_dict(),
                             {**base_meta, "kind": "best", "epoch": epoch + 1, "val": {k[4:]: v for k, v in record.items()
                                                                                        if k.startswith("val_")}})
         save_training_state(last_path, model, optimizer, scaler, epoch + 1,
                             {**base_meta, "history": history, "best_epoch": best_epoch,
-                             "best_val_accuracy": None if best_acc == -math.inf else best_acc})
+                             "best_val_accuracy": None if best_acc == -math.inf else best_acc,
+                             "best_val_loss": None if best_loss == math.inf else best_loss})
         log.info("epoch %d/%d %s: %s", epoch + 1, config.total_epochs, record["phase"],
                  ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
         if on_epoch_end is not None:

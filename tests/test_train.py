@@ -13,8 +13,8 @@ import torch.nn as nn
 from emdlib import metrics
 from emdlib.models.emd import EMD
 from emdlib.runs import load_run_records, write_run_record
-from emdlib.train import (TrainConfig, fit, load_training_state, manipulation_loss, predict, set_trainable,
-                          train_step)
+from emdlib.train import (TrainConfig, fit, is_better, load_training_state, manipulation_loss, predict,
+                          set_trainable, train_step)
 
 torch.set_num_threads(1)
 S = 32  # tiny inputs keep each test a few seconds on a shared CPU
@@ -68,6 +68,18 @@ def test_loss_is_eq8_ce_plus_bce():
     assert parts["loss_cls"] == pytest.approx(ce, rel=1e-5)
     assert parts["loss_seg"] == pytest.approx(math.log(2), rel=1e-5)  # BCE(sigmoid(0)=.5, 1)
     assert float(loss) == pytest.approx(ce + math.log(2), rel=1e-5)
+
+
+def test_model_selection_breaks_accuracy_ties_by_validation_loss():
+    # epoch histories as (val accuracy, val loss): the tie at 0.646 goes to the later epoch with the lower loss
+    history = [(0.646, 2.50), (0.646, 2.17), (0.562, 1.86), (0.646, 1.60), (0.583, 1.58)]
+    best = (-math.inf, math.inf, None)
+    for epoch, (acc, loss) in enumerate(history, 1):
+        if is_better(acc, loss, best[0], best[1]):
+            best = (acc, loss, epoch)
+    assert best == (0.646, 1.60, 4)
+    assert not is_better(None, 0.1, 0.5, 1.0)  # no validation accuracy: never "better"
+    assert not is_better(0.5, 1.0, 0.5, 1.0)  # an exact tie keeps the earlier epoch
 
 
 def test_warmup_gradients_only_in_last_conv_aspp_decoder_fc():
