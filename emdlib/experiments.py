@@ -92,11 +92,22 @@ def build_system(system: System, paths: StudyPaths, preset: Preset) -> Any:
                    fer_spec=fer_spec(fer) if fer is not None else None)
     from emdlib.baselines import build_baseline
 
-    if system.kind == "multitask_ensfer":
-        return build_baseline(system.kind, fer=fer)
+    return build_baseline(system.kind, **({"fer": fer} if fer is not None else {}), **baseline_kwargs(system, preset))
+
+
+def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
+    """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
+
+    ``xception``: ``pretrained`` as the preset. ``multitask``/``multitask_ensfer``: ClassNSeg is fully convolutional,
+    so presets with faces smaller than its official 256 px run it at the faces' size (``input_size``), not upsampled.
+    """
     if system.kind == "xception":
-        return build_baseline(system.kind, pretrained=preset.emd.pretrained)
-    return build_baseline(system.kind)
+        return {"pretrained": preset.emd.pretrained}
+    if system.kind in ("multitask", "multitask_ensfer"):
+        from emdlib.baselines.classnseg import INPUT_SIZE
+
+        return {"input_size": min(INPUT_SIZE, preset.emd.image_size)}
+    return {}
 
 
 def cell_datasets(paths: StudyPaths, preset: Preset, method: str, compression: str,
@@ -121,9 +132,10 @@ def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compre
     record_path = paths.runs / name / "metrics.json"
     if record_path.is_file() and not force:
         record = read_json(record_path)
-        if _same_protocol(record.get("config", {}).get("preset"), preset.to_dict()):
+        why = why_not_reusable(record, preset)
+        if why is None:
             return record
-        log.warning("%s: recorded under another preset configuration; training again", record_path)
+        log.warning("%s: %s; training again", record_path, why)
         _drop_training_state(paths.checkpoints / "runs" / name)  # never resume a run of another protocol
     spec = SYSTEMS[system]
     sets = cell_datasets(paths, preset, method, compression, n_train_videos, seed)
@@ -151,6 +163,21 @@ def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compre
     return read_json(record_path)
 
 
+def why_not_reusable(record: dict, preset: Preset) -> str | None:
+    """Why a stored run record cannot stand for the run now, or None when it can.
+
+    It must have been made under the same preset configuration, and its best checkpoint must be on this machine
+    (figures rebuild models from it): a fresh clone carries the committed records of ``results/`` but not the
+    checkpoints under ``data/``, so there the main command trains every run again.
+    """
+    if not _same_protocol(record.get("config", {}).get("preset"), preset.to_dict()):
+        return "recorded under another preset configuration"
+    ckpt = record.get("checkpoint")
+    if ckpt and not Path(ckpt).is_file():
+        return f"its checkpoint {ckpt} is not on this machine"
+    return None
+
+
 def _same_protocol(recorded: dict | None, current: dict) -> bool:
     """Whether a stored run used the preset configuration it would get now (JSON round trip: tuples → lists)."""
     import json
@@ -172,7 +199,9 @@ def _run_torch(spec: System, paths: StudyPaths, preset: Preset, sets: dict, name
     meta = {}
     if not callable(getattr(model, "spec", None)) and spec.fer is None:
         # lets emd detect / registry.model_from_checkpoint rebuild the baseline by name
-        meta["model"] = {"name": spec.kind, "kwargs": {"pretrained": False} if spec.kind == "xception" else {}}
+        # (pretrained=False: the checkpoint holds every weight, so rebuilding needs no download)
+        meta["model"] = {"name": spec.kind, "kwargs": {**baseline_kwargs(spec, preset),
+                                                      **({"pretrained": False} if spec.kind == "xception" else {})}}
     summary = fit(model, sets["train"], sets["val"], paths.checkpoints / "runs" / name, cfg, meta=meta)
     pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),

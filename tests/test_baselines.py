@@ -65,6 +65,20 @@ def test_classnseg_parameter_counts():
     assert n_params(m.decoder) == 156_749
 
 
+def test_classnseg_runs_at_the_preset_size_with_the_same_weights():
+    official = MultiTask().eval()
+    small = MultiTask(input_size=64).eval()
+    assert n_params(small) == n_params(official)
+    small.load_state_dict(official.state_dict())  # fully convolutional: one set of weights for every size
+    x = make_batch(2, 64)["image"]
+    out = small(x)
+    assert out["latent"].shape == (2, 128, 4, 4) and out["normalised_input"].shape[-1] == 64
+    assert out["mask_logits"].shape == (2, 1, 64, 64)
+    assert official(x)["latent"].shape == (2, 128, 16, 16)  # the official size upsamples the 64-px face to 256
+    with pytest.raises(ValueError, match="multiple of 16"):
+        MultiTask(input_size=72)
+
+
 def test_xception_parameter_count_and_warmup():
     m = BASELINES["xception"](pretrained=False)
     assert n_params(m) == 20_811_050

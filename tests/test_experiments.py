@@ -31,3 +31,24 @@ def test_a_record_is_reused_only_under_the_same_preset_configuration() -> None:
     assert experiments._same_protocol(stored, cpu)
     assert not experiments._same_protocol(stored, tiny)
     assert not experiments._same_protocol(None, cpu)
+
+
+def test_a_record_without_its_checkpoint_is_trained_again(tmp_path) -> None:
+    cpu = get_preset("cpu")
+    ckpt = tmp_path / "best.safetensors"
+    record = {"config": {"preset": cpu.to_dict()}, "checkpoint": str(ckpt)}
+    assert "not on this machine" in experiments.why_not_reusable(record, cpu)  # e.g. a fresh clone of results/
+    ckpt.write_bytes(b"weights")
+    assert experiments.why_not_reusable(record, cpu) is None
+    assert experiments.why_not_reusable({**record, "checkpoint": None}, cpu) is None  # the SVM keeps no checkpoint
+    assert "another preset" in experiments.why_not_reusable(record, get_preset("tiny"))
+
+
+def test_baselines_take_their_input_size_and_weights_from_the_preset() -> None:
+    tiny, paper = get_preset("tiny"), get_preset("paper")
+    multitask = experiments.SYSTEMS["MultiTask"]
+    assert experiments.baseline_kwargs(multitask, tiny) == {"input_size": 64}  # 64-px faces are not upsampled
+    assert experiments.baseline_kwargs(multitask, paper) == {"input_size": 256}  # the official size
+    xception = experiments.SYSTEMS["XceptionNet"]
+    assert experiments.baseline_kwargs(xception, paper) == {"pretrained": True}
+    assert experiments.baseline_kwargs(experiments.SYSTEMS["MesoNet"], tiny) == {}

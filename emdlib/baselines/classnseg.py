@@ -19,11 +19,14 @@ Label convention: :func:`official_to_logits` is the one place that maps the offi
 (index 1 = fake): ``logits = [a₁, a₀]`` so that ``softmax(logits)[1] = softmax([a₀, a₁])[0]`` = the official
 P(fake); ``_official_labels`` maps our labels the other way for the loss and the group selection.
 
-Input: shared ``(x - 0.5) / 0.5`` RGB → [0, 1] → 256×256 (bilinear with antialiasing when the preset size differs;
-the official test scripts feed 256×256 crops unchanged) → per-channel ImageNet mean/std (the official
-``Normalize_3D`` applied to a 4-D batch mixes up images and channels, §D.6; we normalise per channel as it does on
-one image). ``mask_logits`` = ``seg_logit₁ − seg_logit₀`` (so ``sigmoid(mask_logits)`` = the official softmax
-channel 1), resized back to the input size when it differs.
+Input: shared ``(x - 0.5) / 0.5`` RGB → [0, 1] → ``input_size``² (default 256, the official size; bilinear with
+antialiasing when the preset size differs; the official test scripts feed 256×256 crops unchanged) → per-channel
+ImageNet mean/std (the official ``Normalize_3D`` applied to a 4-D batch mixes up images and channels, §D.6; we
+normalise per channel as it does on one image). ``mask_logits`` = ``seg_logit₁ − seg_logit₀`` (so ``sigmoid(mask_logits)`` = the official softmax
+channel 1), resized back to the input size when it differs. The network is fully convolutional (the latent is
+``input_size / 16`` on a side), so a preset whose faces are smaller than 256 px may run it at the faces' own size
+(:func:`emdlib.experiments.build_system` does): upsampling a 64-px face to 256 adds no information, only 16× the
+compute.
 """
 
 from __future__ import annotations
@@ -124,16 +127,19 @@ class MultiTask(nn.Module):
     (:meth:`compute_loss` re-decodes with the ground truth in training when needed).
     """
 
-    def __init__(self):
+    def __init__(self, input_size: int = INPUT_SIZE):
         super().__init__()
+        if input_size % 16:
+            raise ValueError(f"ClassNSeg input size must be a multiple of 16 (four stride-2 convs), got {input_size}")
+        self.input_size = input_size
         self.encoder = Encoder(3)
         self.decoder = Decoder(3)
         self.register_buffer("mean", torch.tensor(inputs.IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(inputs.IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        """Shared input → ImageNet-normalised 256×256 RGB (module docstring)."""
-        return (inputs.resize(inputs.to_rgb01(image), INPUT_SIZE) - self.mean) / self.std
+        """Shared input → ImageNet-normalised ``input_size``² RGB (module docstring)."""
+        return (inputs.resize(inputs.to_rgb01(image), self.input_size) - self.mean) / self.std
 
     def fuse(self, latent: torch.Tensor, fer_image: torch.Tensor | None) -> torch.Tensor:
         """Hook for :class:`MultiTaskEnsFER`; MultiTask uses the encoder's latent as is."""
@@ -212,7 +218,7 @@ class MultiTaskEnsFER(MultiTask):
     """MultiTask + EnsFER (EMD Tables II–V): the FER stream's selected feature map fused into ClassNSeg's latent.
 
     As EMD does for Xception (paper §III-D; Eqs. 3–5 select the branch): ``fer.select_branch(fer_image)`` →
-    ``fer_map (N, 512, h, w)`` of the most confident ESR branch, bilinearly resized to the latent grid (16×16),
+    ``fer_map (N, 512, h, w)`` of the most confident ESR branch, bilinearly resized to the latent grid (16×16 at 256 px),
     batch-normalised, concatenated to the 128-channel latent and mapped back to 128 channels by a new 1×1
     convolution followed by ReLU. *Inferred* (the paper gives no layer details): the fusion conv is initialised as the
     identity on the latent channels and zero on the FER channels, so a MultiTask loaded with official weights starts
@@ -224,8 +230,8 @@ class MultiTaskEnsFER(MultiTask):
     default arguments when omitted (load its weights with ``emdlib.models.esr.load_official_esr``).
     """
 
-    def __init__(self, fer: nn.Module | None = None, fer_channels: int = 512):
-        super().__init__()
+    def __init__(self, fer: nn.Module | None = None, fer_channels: int = 512, input_size: int = INPUT_SIZE):
+        super().__init__(input_size)
         if fer is None:
             from emdlib.models.esr import ESR
 
