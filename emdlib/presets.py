@@ -103,12 +103,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         name="cpu",
-        data=DataConfig(pairs=(10, 3, 3), frames_per_clip=24, frame_size=128, expression_images_per_class=100),
+        data=DataConfig(pairs=(10, 5, 5), frames_per_clip=24, frame_size=128, expression_images_per_class=100),
         prepare=PrepareConfig(train_frames=8, eval_frames=4, crop_size=64),
         fer=FERConfig(branches=3, epochs=6, optimizer="adam", lr=1e-3),
         emd=EMDConfig(image_size=64, warmup_epochs=1, epochs=6, batch_size=16, cells=_C23_CELLS, curve_points=3,
                       curve_cells=1),
-        note="Synthetic data on a 2-core CPU: 32 identities, 64-px faces, the three c23 cells, a few epochs from "
+        note="Synthetic data on a 2-core CPU: 40 identities, 64-px faces, the three c23 cells, a few epochs from "
         "scratch (no ImageNet weights offline). Large enough that models learn; far too small and too easy to "
         "compare with the paper's FF++ numbers, which are listed beside ours only for orientation.",
     ),
