@@ -98,16 +98,21 @@ def build_system(system: System, paths: StudyPaths, preset: Preset) -> Any:
 def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
 
-    ``xception``: ``pretrained`` as the preset. ``multitask``/``multitask_ensfer``: ClassNSeg is fully convolutional,
-    so presets with faces smaller than its official 256 px run it at the faces' size (``input_size``), not upsampled.
+    ``xception``: ``pretrained`` as the preset. The baselines that resize every face to a fixed size — MesoNet and
+    ClassNSeg (256 px), Bayar & Stamm (a 128-px crop) — run at the preset's face size when that is smaller
+    (``input_size``): upsampling a 64-px face adds no information, only compute (16× at 256 px). MesoNet takes the
+    preset's ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`).
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
-    if system.kind in ("multitask", "multitask_ensfer"):
-        from emdlib.baselines.classnseg import INPUT_SIZE
+    from emdlib.baselines import bayar, classnseg, mesonet
 
-        return {"input_size": min(INPUT_SIZE, preset.emd.image_size)}
-    return {}
+    native = {"multitask": classnseg.INPUT_SIZE, "multitask_ensfer": classnseg.INPUT_SIZE,
+              "mesonet": mesonet.INPUT_SIZE, "bayar_stamm": bayar.INPUT_SIZE}.get(system.kind)
+    kwargs: dict[str, Any] = {"input_size": min(native, preset.emd.image_size)} if native else {}
+    if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
+        kwargs["bn_momentum"] = preset.emd.baseline_bn_momentum
+    return kwargs
 
 
 def cell_datasets(paths: StudyPaths, preset: Preset, method: str, compression: str,

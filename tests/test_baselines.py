@@ -345,6 +345,30 @@ def test_bayar_constraint_holds_after_step():
 def test_bayar_default_size():
     m = BayarStamm()
     assert m.classifier[1].in_features == 48 * 12 * 12 and m.classifier[1].out_features == 4096
+    assert BayarStamm(input_size=64).classifier[1].in_features == 48 * 4 * 4  # 60 → 27 → 13 → 9 → 4
+
+
+def test_bayar_initial_filters_are_bounded_predictors():
+    # the default init divided by near-zero tap sums (filters in the hundreds) and killed the network
+    for seed in range(5):
+        torch.manual_seed(seed)
+        w = BayarStamm(fc_width=64).constrained.weight.detach()
+        _check_constraint(w)
+        c = w.shape[-1] // 2
+        off = w.clone()
+        off[:, :, c, c] = 0
+        assert off.min() >= 0 and off.max() <= 1  # a weighted average of the neighbours
+
+
+def test_mesonet_at_the_preset_size():
+    m = MesoInception4(input_size=64).eval()
+    assert m.dense1.in_features == 16 * 2 * 2
+    assert m(make_batch(2, 64)["image"])["logits"].shape == (2, 2)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Meso4(input_size=48)
+    bns = [b for b in MesoInception4(bn_momentum=0.1).modules() if isinstance(b, nn.BatchNorm2d)]
+    assert len(bns) == 4 and all(b.momentum == 0.1 for b in bns)
+    assert all(b.momentum == 0.01 for b in Meso4().modules() if isinstance(b, nn.BatchNorm2d))  # Keras' 0.99
 
 
 # --- a few training steps each --------------------------------------------------------------------------------
@@ -379,7 +403,7 @@ def _train_steps(model: nn.Module, batch: dict, steps: int, lr: float = 1e-3, wa
 
 @pytest.mark.parametrize("name, kwargs, size, steps, lr, warmup", [
     ("cozzolino", {}, 64, 15, 1e-2, True),
-    ("bayar_stamm", {"fc_width": 128}, 128, 8, 1e-4, False),
+    ("bayar_stamm", {"fc_width": 128}, 128, 8, 1e-3, False),
     ("rahmouni", {}, 64, 20, 1e-4, False),
     ("meso4", {}, 64, 8, 1e-3, False),
     ("mesonet", {}, 64, 5, 1e-3, False),

@@ -51,4 +51,7 @@ def test_baselines_take_their_input_size_and_weights_from_the_preset() -> None:
     assert experiments.baseline_kwargs(multitask, paper) == {"input_size": 256}  # the official size
     xception = experiments.SYSTEMS["XceptionNet"]
     assert experiments.baseline_kwargs(xception, paper) == {"pretrained": True}
-    assert experiments.baseline_kwargs(experiments.SYSTEMS["MesoNet"], tiny) == {}
+    assert experiments.baseline_kwargs(experiments.SYSTEMS["MesoNet"], tiny) == {"input_size": 64, "bn_momentum": 0.1}
+    assert experiments.baseline_kwargs(experiments.SYSTEMS["MesoNet"], paper) == {"input_size": 256}  # Keras' 0.99
+    assert experiments.baseline_kwargs(experiments.SYSTEMS["Bayar and Stamm"], paper) == {"input_size": 128}
+    assert experiments.baseline_kwargs(experiments.SYSTEMS["Rahmouni et al."], tiny) == {}

@@ -52,6 +52,8 @@ def test_mesonet_h5_wrong_variant_is_a_clear_error(name, wrong):
     path = shared_path("weights", "mesonet", f"{name}.h5")
     with pytest.raises(ValueError, match=name):
         load_mesonet_h5(wrong(), path)
+    with pytest.raises(ValueError, match="256-px input"):
+        load_mesonet_h5(Meso4(input_size=64), shared_path("weights", "mesonet", "Meso4_DF.h5"))
 
 
 @pytest.mark.parametrize("name, ctor", MESONET[:2])

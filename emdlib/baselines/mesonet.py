@@ -13,9 +13,13 @@ Label convention: the official sigmoid output is **P(real)** (the example trains
 ``real`` = 1). :func:`official_to_logits` is the one place that maps it to emdlib's ``logits`` (index 1 = fake);
 the loss (:meth:`MesoNet.compute_loss`) is the original MSE on the sigmoid output.
 
-Input: the shared ``(x - 0.5) / 0.5`` RGB → [0, 1] (the original ``rescale=1/255``) → 256×256 (bilinear with
-antialiasing when the preset size differs; the official example resizes with Keras' nearest, which callers can
-reproduce by passing 256×256 images).
+Input: the shared ``(x - 0.5) / 0.5`` RGB → [0, 1] (the original ``rescale=1/255``) → ``input_size``² (default
+256, the official size; bilinear with antialiasing when the preset size differs; the official example resizes with
+Keras' nearest, which callers can reproduce by passing 256×256 images). The features shrink the input 32-fold, so a
+preset whose faces are smaller than 256 px may run MesoNet at the faces' own size (as
+:func:`emdlib.experiments.baseline_kwargs` does) with a first dense layer of ``16·(input_size/32)²`` inputs instead
+of 1,024 — the same layers, fed a smaller image, as the paper-size network fed 64-px faces upsampled to 256 would see
+no more information at 16× the compute. The official weights need the 256-px layout.
 """
 
 from __future__ import annotations
@@ -95,22 +99,33 @@ class InceptionLayer(nn.Module):
 
 
 class MesoNet(nn.Module):
-    """Base of Meso-4 / MesoInception-4: ``features`` (→ 16×8×8) + the shared head (module docstring).
+    """Base of Meso-4 / MesoInception-4: ``features`` (→ 16×8×8 at 256 px) + the shared head (module docstring).
 
     Output: ``{"logits": (N, 2) index 1 = fake, "mask_logits": None, "official_output": σ(z) = P(real)}``.
     ``head_activation``: LeakyReLU(0.1) between the dense layers, as the official code; the released Meso-4 files
     were saved from a graph without it and :func:`load_mesonet_h5` switches it off for them.
+    ``bn_momentum`` (PyTorch convention): Keras' 0.99 is 0.01 here, a running average over ~100 steps. A run of a
+    few hundred steps (the ``cpu`` preset: 140) evaluates with running statistics that are still largely their
+    initial values, and MesoNet then scores at chance; such presets set a shorter average
+    (``EMDConfig.baseline_bn_momentum``).
     """
 
-    def __init__(self, features: nn.Module, head_activation: bool = True):
+    def __init__(self, features: nn.Module, head_activation: bool = True, input_size: int = INPUT_SIZE,
+                 bn_momentum: float = KERAS_BN_MOMENTUM):
         super().__init__()
+        if input_size % 32:
+            raise ValueError(f"MesoNet input size must be a multiple of 32 (pooling 2·2·2·4), got {input_size}")
+        self.input_size = input_size
         self.features = features
         self.dropout1 = nn.Dropout(0.5)
-        self.dense1 = nn.Linear(16 * 8 * 8, 16)
+        self.dense1 = nn.Linear(16 * (input_size // 32) ** 2, 16)
         self.head_activation = head_activation
         self.dropout2 = nn.Dropout(0.5)
         self.dense2 = nn.Linear(16, 1)
         self.apply(_keras_init)
+        for m in self.features.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
 
     def keras_layers(self) -> dict[str, list[nn.Module]]:
         """Weighted layers per Keras layer kind, in Keras creation order (used by :func:`load_mesonet_h5`)."""
@@ -122,7 +137,7 @@ class MesoNet(nn.Module):
         return {"conv2d": convs, "batch_normalization": bns, "dense": [self.dense1, self.dense2]}
 
     def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-        x = inputs.resize(inputs.to_rgb01(image), INPUT_SIZE)
+        x = inputs.resize(inputs.to_rgb01(image), self.input_size)
         x = self.dense1(self.dropout1(torch.flatten(self.features(x), 1)))
         if self.head_activation:
             x = F.leaky_relu(x, 0.1)
@@ -143,18 +158,20 @@ def _keras_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def Meso4(head_activation: bool = True) -> MesoNet:
-    """Meso-4 (27,977 parameters)."""
+def Meso4(head_activation: bool = True, input_size: int = INPUT_SIZE, bn_momentum: float = KERAS_BN_MOMENTUM
+          ) -> MesoNet:
+    """Meso-4 (27,977 parameters at 256 px)."""
     features = nn.Sequential(ConvBlock(3, 8, 3, 2), ConvBlock(8, 8, 5, 2), ConvBlock(8, 16, 5, 2),
                              ConvBlock(16, 16, 5, 4))
-    return MesoNet(features, head_activation)
+    return MesoNet(features, head_activation, input_size, bn_momentum)
 
 
-def MesoInception4(head_activation: bool = True) -> MesoNet:
-    """MesoInception-4 (28,615 parameters)."""
+def MesoInception4(head_activation: bool = True, input_size: int = INPUT_SIZE,
+                   bn_momentum: float = KERAS_BN_MOMENTUM) -> MesoNet:
+    """MesoInception-4 (28,615 parameters at 256 px)."""
     features = nn.Sequential(InceptionLayer(3, 1, 4, 4, 2), InceptionLayer(11, 2, 4, 4, 2), ConvBlock(12, 16, 5, 2),
                              ConvBlock(16, 16, 5, 4))
-    return MesoNet(features, head_activation)
+    return MesoNet(features, head_activation, input_size, bn_momentum)
 
 
 _LAYER = re.compile(r"^(conv2d|batch_normalization|dense|leaky_re_lu)_(\d+)$")
@@ -175,6 +192,10 @@ def load_mesonet_h5(model: MesoNet, path: str | os.PathLike) -> MesoNet:
     """
     import h5py
     import numpy as np
+
+    if model.input_size != INPUT_SIZE:
+        raise ValueError(f"{path}: the official MesoNet weights are for {INPUT_SIZE}-px input; "
+                         f"the model was built for {model.input_size} px")
 
     path = Path(path)
     if not path.is_file():
