@@ -515,9 +515,12 @@ def write_report(paths: StudyPaths, preset: str | Preset | None = None, n_boot: 
     out += ["## Notebook wall times", ""]
     timings = paths.results / "timings.json"
     if timings.is_file():
-        t = read_json(timings)
-        out += [markdown_table(pd.DataFrame({"notebook": list(t), "wall time (s)": [_fmt(float(v)) for v in
-                                                                                    t.values()]}), index=False), ""]
+        t = dict(sorted(read_json(timings).items()))
+        rows = {"notebook": [*t, "total"], "wall time (s)": [_fmt(float(v)) for v in t.values()]
+                + [_fmt(sum(float(v) for v in t.values()))]}
+        out += [markdown_table(pd.DataFrame(rows), index=False), "",
+                "From `timings.json` as `emd reproduce` left it when this report was written: the notebook writing "
+                "the report (and any still to run) is not in it yet; the file itself gets every notebook's time.", ""]
     else:
         out += ["No `timings.json` (written by `emd reproduce`).", ""]
 

@@ -35,7 +35,7 @@ def reproduce(
     notebook_dir: str | Path = NOTEBOOK_DIR,
     extra_parameters: dict | None = None,
 ) -> dict[str, float]:
-    """Execute the notebooks for ``preset``; return the wall time of each (merged into ``timings.json``).
+    """Execute the notebooks for ``preset``; return the wall time of each (``timings.json``, updated as each ends).
 
     ``only`` restricts the run to notebooks whose name starts with one of the given prefixes (e.g. ``["00", "01"]``).
     """
@@ -50,16 +50,19 @@ def reproduce(
         "results_root": str(Path(results_root).resolve()),
         **(extra_parameters or {}),
     }
+    selected = [nb for nb in notebooks(notebook_dir) if not only or any(nb.name.startswith(p) for p in only)]
+    # timings.json holds this run's times as they come (notebook 07 reports them) and, for the notebooks not run
+    # now (--only), their earlier times; the entries of the notebooks about to run are dropped first, never stale
+    timings_path = results_dir(preset, results_root) / "timings.json"
+    previous = read_json(timings_path) if timings_path.is_file() else {}
+    kept = {k: v for k, v in previous.items() if k not in {nb.name for nb in selected}}
     timings: dict[str, float] = {}
-    for nb in notebooks(notebook_dir):
-        if only and not any(nb.name.startswith(p) for p in only):
-            continue
+    for nb in selected:
+        write_json(timings_path, dict(sorted({**kept, **timings}.items())))
         log.info("running %s (preset %s)", nb.name, preset)
         t0 = time.perf_counter()
         pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, cwd=str(nb.parent), progress_bar=False)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         log.info("%s done in %.1f s", nb.name, timings[nb.name])
-    timings_path = results_dir(preset, results_root) / "timings.json"
-    previous = read_json(timings_path) if timings_path.is_file() else {}
-    write_json(timings_path, {**previous, **timings})  # a partial run (--only) keeps the other notebooks' times
+    write_json(timings_path, dict(sorted({**kept, **timings}.items())))
     return timings

@@ -137,12 +137,19 @@ def test_reproduce_runs_notebooks_in_order_with_parameters(tmp_path: Path) -> No
         params.metadata["tags"] = ["parameters"]
         body = nbformat.v4.new_code_cell(
             "from pathlib import Path\n"
-            f"Path(results_root, preset, 'order.txt').open('a').write('{i}' + preset + '\\n')"
+            f"Path(results_root, preset, 'order.txt').open('a').write('{i}' + preset + '\\n')\n"
+            f"Path(results_root, preset, 'seen_{i}.json').write_text(Path(results_root, preset, 'timings.json').read_text())"
         )
         nb.cells = [params, body]
         nbformat.write(nb, nbdir / name)
+    (tmp_path / "res/tiny").mkdir(parents=True)
+    stale = {"00_a.ipynb": 999.0, "01_b.ipynb": 999.0, "02_not_run.ipynb": 5.0}
+    (tmp_path / "res/tiny/timings.json").write_text(json.dumps(stale))
     timings = reproduce("tiny", data_root=tmp_path / "data", results_root=tmp_path / "res", notebook_dir=nbdir)
     assert list(timings) == ["00_a.ipynb", "01_b.ipynb"]
     assert (tmp_path / "res/tiny/order.txt").read_text() == "0tiny\n1tiny\n"
     assert (tmp_path / "res/tiny/notebooks/01_b.ipynb").is_file()
-    assert read_json(tmp_path / "res/tiny/timings.json").keys() == timings.keys()
+    # while notebook 01 runs it sees 00's new time, no stale time of its own, and the untouched 02
+    seen = read_json(tmp_path / "res/tiny/seen_1.json")
+    assert seen == {"00_a.ipynb": timings["00_a.ipynb"], "02_not_run.ipynb": 5.0}
+    assert read_json(tmp_path / "res/tiny/timings.json") == {**timings, "02_not_run.ipynb": 5.0}

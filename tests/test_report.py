@@ -170,7 +170,7 @@ def test_write_report(paths):
     assert text.index("fig3_synth.png") < text.index("fig4_roc_f2f.png")
     assert PRESET.note in text and "Cannot show" in text
     assert "Does the FER stream help?" in text and "not run" in text  # no predictions stored by fake_run
-    assert "03_baselines.ipynb" in text and "12.50" in text
+    assert "03_baselines.ipynb" in text and "12.50" in text and "| total |" in text
     assert run_name("MesoNet", "Face2Face", "c23") in text and "75.00" in text
     assert "](runs/emd__Face2Face__c23__s0/metrics.json)" in text  # provenance link, relative to REPORT.md
 
