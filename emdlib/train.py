@@ -375,8 +375,9 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
     state goes to ``out_dir/last.safetensors`` and, when validation accuracy improves — or equals the best so far at a
     lower validation loss (with 10–50 validation images ties are common, and the first epoch of a tie can be a
     warm-up epoch whose decoder has not trained yet) — the weights go to ``out_dir/best.safetensors`` (sidecar: model
-    spec, image size, epoch, validation metrics, config and ``meta``). With ``resume`` an existing ``last.safetensors`` is continued. At the end the best weights are loaded into
-    ``model`` (the last ones when there is no validation set).
+    spec, image size, epoch, validation metrics, config and ``meta``). With ``resume`` an existing
+    ``last.safetensors`` is continued. At the end the best weights are loaded into ``model`` (the last ones when there
+    is no validation set).
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
     "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.

@@ -138,7 +138,8 @@ def test_reproduce_runs_notebooks_in_order_with_parameters(tmp_path: Path) -> No
         body = nbformat.v4.new_code_cell(
             "from pathlib import Path\n"
             f"Path(results_root, preset, 'order.txt').open('a').write('{i}' + preset + '\\n')\n"
-            f"Path(results_root, preset, 'seen_{i}.json').write_text(Path(results_root, preset, 'timings.json').read_text())"
+            f"Path(results_root, preset, 'seen_{i}.json')"
+            ".write_text(Path(results_root, preset, 'timings.json').read_text())"
         )
         nb.cells = [params, body]
         nbformat.write(nb, nbdir / name)

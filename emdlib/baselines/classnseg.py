@@ -22,11 +22,11 @@ P(fake); ``_official_labels`` maps our labels the other way for the loss and the
 Input: shared ``(x - 0.5) / 0.5`` RGB → [0, 1] → ``input_size``² (default 256, the official size; bilinear with
 antialiasing when the preset size differs; the official test scripts feed 256×256 crops unchanged) → per-channel
 ImageNet mean/std (the official ``Normalize_3D`` applied to a 4-D batch mixes up images and channels, §D.6; we
-normalise per channel as it does on one image). ``mask_logits`` = ``seg_logit₁ − seg_logit₀`` (so ``sigmoid(mask_logits)`` = the official softmax
-channel 1), resized back to the input size when it differs. The network is fully convolutional (the latent is
-``input_size / 16`` on a side), so a preset whose faces are smaller than 256 px may run it at the faces' own size
-(:func:`emdlib.experiments.build_system` does): upsampling a 64-px face to 256 adds no information, only 16× the
-compute.
+normalise per channel as it does on one image). ``mask_logits`` = ``seg_logit₁ − seg_logit₀`` (so
+``sigmoid(mask_logits)`` = the official softmax channel 1), resized back to the input size when it differs. The
+network is fully convolutional (the latent is ``input_size / 16`` on a side), so a preset whose faces are smaller
+than 256 px may run it at the faces' own size (:func:`emdlib.experiments.baseline_kwargs` does): upsampling a 64-px
+face to 256 adds no information, only 16× the compute.
 """
 
 from __future__ import annotations
@@ -218,13 +218,16 @@ class MultiTaskEnsFER(MultiTask):
     """MultiTask + EnsFER (EMD Tables II–V): the FER stream's selected feature map fused into ClassNSeg's latent.
 
     As EMD does for Xception (paper §III-D; Eqs. 3–5 select the branch): ``fer.select_branch(fer_image)`` →
-    ``fer_map (N, 512, h, w)`` of the most confident ESR branch, bilinearly resized to the latent grid (16×16 at 256 px),
-    batch-normalised, concatenated to the 128-channel latent and mapped back to 128 channels by a new 1×1
+    ``fer_map (N, 512, h, w)`` of the most confident ESR branch, bilinearly resized to the latent grid (16×16 at
+    256 px), batch-normalised, concatenated to the 128-channel latent and mapped back to 128 channels by a new 1×1
     convolution followed by ReLU. *Inferred* (the paper gives no layer details): the fusion conv is initialised as the
     identity on the latent channels and zero on the FER channels, so a MultiTask loaded with official weights starts
     out unchanged (its latent is post-ReLU, so the ReLU keeps it so) and learns how much FER to use. The FER map is
     batch-normalised first because ESR's post-ReLU map has an arbitrary scale (tens, against the latent's ~1): fed raw,
-    its gradients blew the activation-based classification up (first run: loss_cls ≈ 10, all-fake masks). The FER network is frozen (``requires_grad=False``, kept in eval mode, run under no_grad).
+    its gradients blew the activation-based classification up (first run: loss_cls ≈ 10). The all-"manipulated"
+    masks of an early cpu run came from model selection keeping the warm-up epoch, whose decoder had not trained
+    (fixed in :func:`emdlib.train.is_better`). The FER network is frozen (``requires_grad=False``, kept in eval
+    mode, run under no_grad).
 
     ``fer``: a module with ``select_branch(x) -> (fer_map, branch, cls)`` (emdlib.models.esr.ESR); built with
     default arguments when omitted (load its weights with ``emdlib.models.esr.load_official_esr``).
