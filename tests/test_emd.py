@@ -141,3 +141,24 @@ def test_checkpoint_rebuilds_emd_with_its_fer_stream(tmp_path):
     with torch.no_grad():
         a, b = model(x, f), rebuilt(x, f)
     assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["mask_logits"], b["mask_logits"])
+
+
+def test_checkpoints_with_a_simfer_stream_or_a_fer_spec_rebuild(tmp_path):
+    # regressions: XceptionNet+SimFER checkpoints failed on SimFER(num_branches=...), and a FER checkpoint written
+    # with emdlib.fer.model_spec ({"kind": ...}) failed with KeyError 'name'
+    from emdlib.checkpoint import save_checkpoint
+    from emdlib.fer import model_spec as fer_spec
+    from emdlib.models.registry import model_from_checkpoint
+    from emdlib.models.simfer import SimFER
+
+    torch.manual_seed(0)
+    simfer = SimFER()
+    model = EMD(simfer, encoder="xception41", fer_spec=fer_spec(simfer)).eval()
+    save_checkpoint(tmp_path / "emd.safetensors", model.state_dict(), {"model": model.spec(), "image_size": 64})
+    rebuilt, _ = model_from_checkpoint(tmp_path / "emd.safetensors")
+    assert type(rebuilt.fer).__name__ == "SimFER"
+    save_checkpoint(tmp_path / "fer.safetensors", simfer.state_dict(), {"model": fer_spec(simfer)})
+    alone, _ = model_from_checkpoint(tmp_path / "fer.safetensors")
+    assert all(torch.equal(v, simfer.state_dict()[k]) for k, v in alone.state_dict().items())
+    with pytest.raises(ValueError, match="one branch"):
+        SimFER(num_branches=2)

@@ -139,7 +139,7 @@ def _load_strict(model: nn.Module, state: Mapping[str, Any], source: str | os.Pa
 def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a detector from ``path`` (safetensors + sidecar); returns ``(model in eval mode, sidecar)``."""
     state, meta = load_checkpoint(path, device="cpu")
-    spec = meta.get("model")
+    spec = normalise_spec(meta.get("model"))  # FER checkpoints (emdlib.fer) store {"kind": ...}
     model = build_from_spec(spec if isinstance(spec, Mapping) else {}, path)
     _load_strict(model, state, path, spec["name"])
     return model.to(device).eval(), meta

@@ -36,7 +36,12 @@ SIMFER_CFG: tuple[ConvSpec, ...] = (
 class SimFER(FERStream):
     """A shallow single-branch CNN with ESR's FER-stream interface (Table V ablation)."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, cfg: Sequence[ConvSpec] = SIMFER_CFG) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES, cfg: Sequence[ConvSpec] = SIMFER_CFG, num_branches: int = 1
+                 ) -> None:
+        # ``num_branches`` is accepted so that a FER spec (emdlib.fer.model_spec: kind, num_branches, num_classes)
+        # rebuilds either stream through emdlib.models.registry; SimFER has exactly one branch
+        if num_branches != 1:
+            raise ValueError(f"SimFER has one branch, got num_branches={num_branches}")
         super().__init__()
         self.num_classes = num_classes
         self.cfg = tuple(cfg)
