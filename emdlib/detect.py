@@ -44,10 +44,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emdlib.data.faces import crop_box, detect_faces
+from emdlib.data.faces import crop_box, detect_faces, resize_crop
 from emdlib.data.transforms import esr_input, to_tensor, xception_input
 from emdlib.data.video import VIDEO_EXTENSIONS, VideoError, write_video
-from emdlib.io import atomic_path, write_json
+from emdlib.io import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +137,6 @@ class MediaResult:
             d["rows"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                          for r in self.rows.to_dict(orient="records")]
         return d
-
-
-def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
-    """A face crop at the model's size, as prepare does: area interpolation when shrinking, bilinear when enlarging."""
-    if crop.shape[0] == size and crop.shape[1] == size:
-        return np.ascontiguousarray(crop)
-    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interp)
 
 
 class Detector:
@@ -389,6 +381,7 @@ class _Scorer:
         self.crops: list[np.ndarray] = []
         self.faces: list[dict] = []
         self.frames: list[tuple[np.ndarray, list[dict]]] = []
+        self.shown: list[dict] = []  # faces drawn on the last overlaid frame (their masks are still needed)
 
     def add(self, faces: list[dict], crops: list[np.ndarray]) -> None:
         self.faces += faces
@@ -417,6 +410,13 @@ class _Scorer:
             self.crops, self.faces = [], []
         frames, self.frames = self.frames, []
         for frame, faces in frames:
+            if faces is not self.shown:
+                # frames are held in order and a sampled frame's faces are shown on a contiguous run of frames:
+                # once another list appears the previous one is never drawn again, so its masks (views that pin a
+                # whole batch of masks) can go instead of living on in the per-face rows until the file ends
+                for f in self.shown:
+                    f.pop("_mask", None)
+                self.shown = faces
             t0 = time.perf_counter()
             out = overlay(frame, faces)
             self.t["overlay"] += time.perf_counter() - t0
@@ -460,7 +460,7 @@ def detect_file(
     if res.error:
         rows = []
         res.outputs.pop("overlay", None)
-    res.rows = pd.DataFrame([{k: r[k] for k in ROW_COLUMNS} for r in rows], columns=list(ROW_COLUMNS))
+    res.rows = pd.DataFrame(rows, columns=list(ROW_COLUMNS))  # the columns drop the overlay's private _mask
     if len(res.rows):
         res.score = float(res.rows.groupby("frame")["p_fake"].max().mean())
         res.frames_with_face = int(res.rows["frame"].nunique())
@@ -620,9 +620,7 @@ def detect(
     ``summary.csv`` with one line per input. ``<name>`` is the input's file name (extension kept), or its path
     relative to the folder it was found in. ``checkpoint`` may be a loaded :class:`Detector`.
     """
-    if every is not None and fps is not None:
-        raise ValueError("give either fps or every, not both")
-    frame_sampler(25.0, fps, every)  # validate before loading anything
+    frame_sampler(25.0, fps, every)  # validate (fps or every, not both; positive) before loading anything
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     det = checkpoint if isinstance(checkpoint, Detector) else Detector.from_checkpoint(checkpoint, device, batch_size)
@@ -643,17 +641,13 @@ def detect(
                                  if k not in ("timings_s", "outputs", "warnings")}
                                 | {"warnings": "; ".join(r.warnings), **{f"out_{k}": v for k, v in r.outputs.items()}}
                                 for r in results])
-        with atomic_path(out / "summary.csv") as tmp:
-            summary.to_csv(tmp, index=False)
+        write_csv(out / "summary.csv", summary)
     return results
 
 
 def _write_result(out: Path, stem: str, res: MediaResult) -> None:
     if res.ok:
-        csv = out / f"{stem}.csv"
-        with atomic_path(csv) as tmp:
-            res.rows.to_csv(tmp, index=False)
-        res.outputs["csv"] = str(csv)
+        res.outputs["csv"] = str(write_csv(out / f"{stem}.csv", res.rows))
     js = out / f"{stem}.json"
     res.outputs["json"] = str(js)
     write_json(js, res.to_dict(with_rows=True))

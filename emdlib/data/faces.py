@@ -100,3 +100,12 @@ def face_box_and_landmarks(image: np.ndarray) -> tuple[tuple[int, int, int, int]
     if not faces:
         return None
     return faces[0], landmarks(image, faces[0])
+
+
+def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
+    """A face crop (or its mask) at ``size``²: area interpolation when shrinking, bilinear when enlarging — the one
+    convention of the face cache (emdlib.data.prepare) and of ``emd detect``."""
+    if crop.shape[0] == size and crop.shape[1] == size:
+        return np.ascontiguousarray(crop)
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interp)

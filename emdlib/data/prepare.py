@@ -105,15 +105,8 @@ def frames_for_split(cfg: PrepareConfig, split: str) -> int:
     return cfg.train_frames if split == "train" else cfg.eval_frames
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return np.ascontiguousarray(img)
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
-
-
 def _resize_mask(binary: np.ndarray, size: int) -> np.ndarray:
-    return (_resize(binary * np.uint8(255), size) > MASK_THRESHOLD).astype(np.uint8)
+    return (faces.resize_crop(binary * np.uint8(255), size) > MASK_THRESHOLD).astype(np.uint8)
 
 
 def frame_count(path: str | os.PathLike) -> int:
@@ -226,7 +219,7 @@ class _Boxes:
             box = faces.crop_box(rects[0], img.shape) if rects else None
             self.data["boxes"][str(i)] = None if box is None else box.as_list()
             if box is not None and box.size >= MIN_BOX:
-                self.crops[i] = _resize(box.crop(img), self.group.crop_size)
+                self.crops[i] = faces.resize_crop(box.crop(img), self.group.crop_size)
         self.data["bad"] = sorted(set(self.data["bad"]))
         self.data["boxes"] = dict(sorted(self.data["boxes"].items(), key=lambda kv: int(kv[0])))
         write_json(self.path, self.data)
@@ -367,7 +360,7 @@ def _process_item(group: _Group, item: _Item, plan: tuple[int, list[int]] | str,
         if mask_info is not None:
             mask, status, reason = mask_info.frame(i, img.shape, item.mask)
         rows.append(_row(i, status, reason, box, row=len(crops)))
-        crops.append(_resize(box.crop(img), size))
+        crops.append(faces.resize_crop(box.crop(img), size))
         masks.append(mask if mask is not None else np.zeros((size, size), np.uint8))
     result = {**base, "n_frames": n, "frames": indices, "rows": rows}
     return _write_outputs(group, item, result, crops, masks if is_fake else [])
