@@ -72,7 +72,8 @@ def main() -> None:
             from emdlib.plots import fig3_grid, save_figure
 
             root = Path(run["root"])
-            pairs = load_splits(root / "splits")["test"] + load_splits(root / "splits")["val"]
+            splits = load_splits(root / "splits")
+            pairs = splits["test"] + splits["val"]
             save_figure(fig3_grid(root, pairs[:4], get_preset("faces").data.methods, frame=3), args.figure)
     record["load_average_end"] = os.getloadavg()
     previous = read_json(args.json) if args.json.is_file() else {}

@@ -505,11 +505,13 @@ def predict(model: nn.Module, data: Dataset | DataLoader, device: str | torch.de
     gen = torch.Generator().manual_seed(seed)
     cols: dict[str, list] = {k: [] for k in ("prob", "label", "method", "compression", "video", "frame")}
     pix: dict[str, list] = {}
+    start = 0  # images predicted so far
     for batch in tqdm(loader, desc="predict", leave=False, disable=None):
         batch = move_batch(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out = forward(model, batch)
         n = len(batch["label"])
+        first, start = start, start + n
         cols["prob"].append(torch.softmax(out["logits"].float(), 1)[:, 1].cpu().numpy())
         cols["label"].append(batch["label"].cpu().numpy())
         for k in ("method", "compression", "video"):
@@ -532,8 +534,7 @@ def predict(model: nn.Module, data: Dataset | DataLoader, device: str | torch.de
             idx = torch.stack([torch.randperm(hw, generator=gen)[:k] for _ in range(n)]).to(device)
             pix.setdefault("pixel_score", []).append(prob.flatten(1).gather(1, idx).flatten().cpu().numpy())
             pix.setdefault("pixel_label", []).append(gt.flatten(1).gather(1, idx).flatten().cpu().numpy().astype(np.uint8))
-            start = sum(len(a) for a in cols["prob"]) - n
-            pix.setdefault("pixel_image", []).append(np.repeat(np.arange(start, start + n), k))
+            pix.setdefault("pixel_image", []).append(np.repeat(np.arange(first, first + n), k))
         if keep_masks:
             pix.setdefault("mask_prob", []).append(prob.cpu().numpy().astype(np.float16))
     model.train(was_training)
