@@ -127,8 +127,9 @@ def load_meta(path: str | os.PathLike, required: Sequence[str] = ()) -> dict:
             _check_required(meta, required, side)
             return meta
         if embedded is None:
-            raise CheckpointError(f"{side}: sidecar does not belong to {path.name} (sha256 {str(meta['sha256'])[:12]}… "
-                                  f"recorded, {digest[:12]}… on disk); the two were written by different runs")
+            recorded = str(meta["sha256"])[:12]
+            raise CheckpointError(f"{side}: sidecar does not belong to {path.name} (sha256 {recorded}… recorded, "
+                                  f"{digest[:12]}… on disk); the two were written by different runs")
         log.warning("%s: sidecar was written for other weights than %s (a run interrupted between the two "
                     "writes?); using the metadata stored in the weights file", side, path.name)
     elif embedded is None:
