@@ -27,6 +27,19 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 def _wait_gone(pids: list[int]) -> list[int]:
     end = time.monotonic() + DEADLINE_S
     while time.monotonic() < end and any(_alive(p) for p in pids):
@@ -81,7 +94,10 @@ def test_prepare_pool_workers_die_when_prepare_is_killed(tmp_path):
         time.sleep(600)
     """, tmp_path)
     assert len(workers) == 2
-    _kill9(parent, workers)
+    # every process the parent started (the two workers, and multiprocessing's resource tracker if any)
+    children = _children(parent.pid)
+    assert set(workers) <= set(children)
+    _kill9(parent, children)
 
 
 @pytest.mark.parametrize("use_prctl", [True, False], ids=["prctl", "watchdog"])
