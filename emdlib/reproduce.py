@@ -227,7 +227,7 @@ def parse_value(text: str, declared: DeclaredType) -> Any:
     if declared.item is not None:
         for v in value:
             if not _is_type(v, declared.item):
-                raise ValueError(f"item {v!r} is not a {declared.item}")
+                raise ValueError(f"item {v!r} is not {'an' if declared.item == 'int' else 'a'} {declared.item}")
     return value
 
 

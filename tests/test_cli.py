@@ -128,7 +128,7 @@ def test_values_are_typed_by_the_declaration(text, declared, value):
 @pytest.mark.parametrize("text, declared, expected", [
     ("abc", "int", "expected an integer"), ("1.5", "int", "expected an integer"), ("true", "float", "number"),
     ("maybe", "bool", "expected true or false"), ("None", "int", "expected an integer"),
-    ("[1, 'a']", "Optional[list[int]]", "item 'a' is not a int"), ("1", "list", "expected a list literal"),
+    ("[1, 'a']", "Optional[list[int]]", "item 'a' is not an int"), ("1", "list", "expected a list literal"),
     ("__import__('os').system('true')", "list", "expected a list literal"),
 ])
 def test_bad_values_say_what_was_expected(text, declared, expected):

@@ -80,7 +80,7 @@ REPRODUCE_CASES = {
                  "-p flag maybe: flag is declared bool in 00_one.ipynb (default False); expected true or false", None),
     "bad list item": (["-p", "items", '[1, "a"]'], 2,
                       "-p items '[1, \"a\"]': items is declared Optional[list[int]] in 00_one.ipynb (default None); "
-                      "item 'a' is not a int", None),
+                      "item 'a' is not an int", None),
     "code as a value": (["-p", "items", "__import__('os').system('touch PWNED')"], 2,
                         "items is declared Optional[list[int]] in 00_one.ipynb (default None); expected a list "
                         "literal such as [1, 2]", None),
