@@ -2,6 +2,11 @@
 
 Each sub-command is a thin wrapper around a library function, so everything the command does can be called from a
 notebook too.
+
+One error path for every sub-command (:func:`main`): what can be checked before the work starts is checked first
+(:data:`CHECKS`: input folders exist and can be read, output folders are folders and can be written, a checkpoint and
+its sidecar load, counts are positive); a problem ends the command with one line naming the path and the problem
+and exit status 2. Errors raised later end with one line too; the traceback is logged only with ``-v``.
 """
 
 from __future__ import annotations
@@ -9,13 +14,37 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from emdlib.presets import PRESETS, get_preset
 
 log = logging.getLogger("emdlib")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work ran and failed, or an unexpected error
+EXIT_USAGE = 2  # usage error, or invalid input found before the work started
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+EXIT_EPILOG = """\
+exit status (every command):
+  0    done
+  1    the work failed: prepare cached no usable frame; detect could read no input; a reproduce notebook raised
+       (one line names the notebook, the cell and the error, and the partly executed copy); or an unexpected
+       error (one line; run `emd -v ...` for the traceback)
+  2    usage error, or invalid input found before any work started: a missing or unreadable input, an output path
+       that is a file or cannot be written, a checkpoint or sidecar that cannot be loaded, a reproduce -p name the
+       notebooks do not declare or a value not of the declared type
+  3    detect only: some inputs were read, others could not be (their ERROR lines say why)
+  130  interrupted (Ctrl-C)
+"""
+
+
+class UsageError(Exception):
+    """A command-line value that cannot work (exit status 2); the message names the option, the path, the problem."""
 
 
 def _add_preset(p: argparse.ArgumentParser, default: str = "cpu") -> None:
@@ -69,20 +98,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok_frames", 0) > 0 else 1
 
 
-def _parse_value(text: str):
-    """A notebook parameter from the command line: JSON when it parses (numbers, lists, null), else a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from emdlib.reproduce import reproduce
 
-    extra = {name: _parse_value(value) for name, value in (args.param or [])}
+    raw: dict[str, str] = {}
+    for name, value in args.param or []:
+        if name in raw:
+            raise UsageError(f"-p {name} is given twice ({raw[name]!r} and {value!r})")
+        raw[name] = value
+    # parameter names and values are checked against the notebooks' declarations before the first one runs
     timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only,
-                        extra_parameters=extra)
+                        notebook_dir=args.notebooks, raw_parameters=raw, log_output=args.verbose)
     for name, seconds in timings.items():
         sys.stdout.write(f"{name}: {seconds:.1f} s\n")
     return 0
@@ -179,24 +205,155 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
     p.add_argument("--results", default="results", help="results root (default ./results)")
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 00 01")
+    p.add_argument("--notebooks", default=None, help="folder of numbered notebooks NN_name.ipynb to run (default: "
+                                                     "the study's notebooks/ in the repository)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="extra notebook parameter, e.g. -p ffpp_root /data/FaceForensics -p esr_weights /data/esr9")
+                   help="notebook parameter, e.g. -p ffpp_root /data/FaceForensics -p seeds '[0, 1]'. Only names "
+                        "declared in the parameters cell of the notebooks being run are accepted; VALUE is read as "
+                        "the declared type (str values as given, so a folder named 2024 stays a string)")
     _add_preset(p)
     p.set_defaults(func=_cmd_reproduce)
+    parser.description = "\n\n".join(__doc__.split("\n\n")[:2])  # the rest is for readers of the code
+    parser.epilog = EXIT_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for name, sp in sub.choices.items():
+        if name != "detect":  # detect's own epilog has its exit statuses
+            sp.epilog, sp.formatter_class = EXIT_EPILOG, argparse.RawDescriptionHelpFormatter
     return parser
 
 
+# ------------------------------------------------------------------------------------------- checks before work
+def _input_dir(value: str, option: str) -> None:
+    """An existing folder that can be listed."""
+    path = Path(value)
+    if not path.exists():
+        raise UsageError(f"{option} {path}: no such folder")
+    if not path.is_dir():
+        raise UsageError(f"{option} {path}: is a file, not a folder")
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except PermissionError:
+        raise UsageError(f"{option} {path}: folder cannot be read (permission denied)") from None
+    except OSError as e:
+        raise UsageError(f"{option} {path}: folder cannot be read ({e.strerror or e})") from None
+
+
+def _output_dir(value: str, option: str) -> None:
+    """A folder that exists, or can be created, and in which a file can be written.
+
+    Nothing is created: a file is written and removed again in the folder, or in its nearest existing parent when
+    the folder does not exist yet (the command creates it when its work starts).
+    """
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: exists and is a file, not a folder")
+    existing = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: cannot be created, {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".emd-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e))
+        if existing == path:
+            raise UsageError(f"{option} {path}: folder cannot be written ({why})") from None
+        raise UsageError(f"{option} {path}: cannot be created, {existing} cannot be written ({why})") from None
+
+
+def _checkpoint(value: str, option: str) -> None:
+    """A checkpoint file whose sidecar has the right shape and belongs to its weights (``.h5``: the file exists)."""
+    from emdlib.checkpoint import load_meta
+
+    path = Path(value)
+    if not path.exists():
+        raise UsageError(f"{option} {path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{option} {path}: is a folder, not a checkpoint file")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return
+    try:
+        load_meta(path)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{option}: {_message(e)}") from None
+
+
+def _positive(value: Any, option: str) -> None:
+    if value is not None and int(value) < 1:
+        raise UsageError(f"{option} {value}: must be at least 1")
+
+
+#: What each sub-command checks before it starts: (argument, check, option name). Optional arguments left unset
+#: (None) are not checked.
+CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
+    "synth": [("out", _output_dir, "--out"), ("frames", _positive, "--frames"), ("size", _positive, "--size")],
+    "forge": [("faces", _input_dir, "--faces"), ("out", _output_dir, "--out"), ("frames", _positive, "--frames"),
+              ("size", _positive, "--size")],
+    "prepare": [("root", _input_dir, "--root"), ("splits", _input_dir, "--splits"), ("cache", _output_dir, "--cache"),
+                ("workers", _positive, "--workers")],
+    "detect": [("checkpoint", _checkpoint, "--checkpoint"), ("out", _output_dir, "--out"),
+               ("batch_size", _positive, "--batch-size")],
+    "reproduce": [("notebooks", _input_dir, "--notebooks"), ("results", _output_dir, "--results"),
+                  ("data_root", _output_dir, "--data-root")],
+}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Run the :data:`CHECKS` of ``args.command``; raises :class:`UsageError` for the first that fails."""
+    for attr, check, option in CHECKS.get(args.command, []):
+        value = getattr(args, attr, None)
+        if value is not None:
+            check(value, option)
+
+
+# ------------------------------------------------------------------------------------------------ the error path
+#: Exceptions that describe bad input (a file, a value): exit status 2. Everything else unexpected: 1.
+INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError,
+                ValueError, KeyError)
+
+
+def _message(e: BaseException) -> str:
+    """One line for an exception: an OSError as ``path: problem``, a KeyError without its quotes."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    elif isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``emd``; returns the exit status (see ``emd --help``). Never raises (but argparse's own usage exit)."""
+    from emdlib.reproduce import NotebookError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_args(args)
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except UsageError as e:
+        log.error("%s", " ".join(str(e).split()))
+        return EXIT_USAGE
+    except NotebookError as e:
         log.error("%s", e)
-        return 2
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    except INPUT_ERRORS as e:
+        log.error("%s", _message(e))
+        log.debug("traceback", exc_info=True)
+        return EXIT_USAGE
+    except Exception as e:
+        log.error("unexpected error: %s: %s (run `emd -v %s ...` for the traceback)", type(e).__name__, _message(e),
+                  args.command)
+        log.debug("traceback", exc_info=True)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

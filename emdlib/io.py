@@ -9,12 +9,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Names :func:`atomic_path` gives its temporary files: ``.<stem>.<8 random chars>.tmp<suffix>`` (``tempfile.mkstemp``).
+TEMP_NAME = re.compile(r"^\..*\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
 
 
 @contextlib.contextmanager
@@ -38,6 +45,37 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether a file name is one :func:`atomic_path` uses for its temporary files (e.g. ``.0001.k3j_x9a2.tmp.npy``)."""
+    return TEMP_NAME.match(name) is not None
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files that a killed run of an :func:`atomic_path` writer left in ``folder``.
+
+    Only names matching :data:`TEMP_NAME` are touched; call it when a run starts, before its own writers begin (a
+    temporary file of a writer that is still running would be removed too). Returns the removed paths (sorted); a
+    folder that does not exist yet has none. Files that cannot be removed are logged and kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*") if recursive else folder.glob(".*")
+    removed = []
+    for p in sorted(found):
+        if not is_temp_name(p.name) or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            p.unlink()
+        except OSError as e:
+            log.warning("%s: leftover temporary file could not be removed (%s)", p, e)
+            continue
+        removed.append(p)
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run", folder, len(removed))
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -51,9 +89,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as JSON text, numpy scalars/arrays, paths, tuples and sets converted (what :func:`write_json` writes)."""
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (numpy scalars and paths are converted)."""
-    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return write_text(path, to_json(obj) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -38,12 +38,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from emdlib.checkpoint import load_checkpoint, save_checkpoint
+from emdlib.checkpoint import CheckpointError, load_checkpoint, load_meta, repair_sidecar, save_checkpoint
+from emdlib.io import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
 LAST = "last.safetensors"
 BEST = "best.safetensors"
+#: Sidecar keys a training-state checkpoint (``last.safetensors``) must have to be resumed.
+TRAINING_STATE_KEYS: tuple[str, ...] = ("kind", "epoch", "config", "optimizer", "rng")
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,7 @@ def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler | None = None, device: str | torch.device = "cpu") -> dict:
     """Restore what :func:`save_training_state` wrote; returns the sidecar."""
-    tensors, meta = load_checkpoint(path)
+    tensors, meta = load_checkpoint(path, required=TRAINING_STATE_KEYS)
     if meta.get("kind") != "training_state":
         raise ValueError(f"{path}: not a training-state checkpoint (sidecar kind={meta.get('kind')!r})")
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -359,6 +362,53 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
 # ------------------------------------------------------------------------------------------------------------------
 # fit
 # ------------------------------------------------------------------------------------------------------------------
+
+
+def _resume_state(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler | None, device: torch.device) -> dict | None:
+    """Load ``last.safetensors`` for resuming; None (start again, with a warning) when it cannot be trusted.
+
+    A run killed between writing the weights and the sidecar left new weights beside an old sidecar: the sidecar is
+    rewritten from the copy in the weights' header first (:func:`emdlib.checkpoint.repair_sidecar`), so the epoch
+    resumed is the epoch of the weights. Weights whose metadata cannot be verified at all (an old file without the
+    header copy, written over by another run) are not resumed: training starts again at epoch 1 and overwrites them.
+    A training state that does not fit this model/optimizer is the caller's mistake and raises ``ValueError``.
+    """
+    try:
+        repair_sidecar(last_path)
+        return load_training_state(last_path, model, optimizer, scaler, device)
+    except (CheckpointError, FileNotFoundError) as e:
+        log.warning("cannot resume from %s (%s); training starts again at epoch 1", last_path, e)
+        return None
+
+
+def _best_so_far(best_path: Path, prev: Mapping[str, Any]) -> tuple[int | None, float, float]:
+    """``(best_epoch, best_val_accuracy, best_val_loss)`` on resume, taken from ``best.safetensors`` itself.
+
+    ``last.json`` records the best epoch too, but a run killed after writing ``best`` and before writing ``last``
+    (or between ``best``'s two files) leaves ``best.safetensors`` one epoch ahead of it: the epoch and validation
+    metrics stored with the best weights are the truth, so the best epoch reported always names the weights that are
+    loaded. A best checkpoint that cannot be verified is removed (the next epoch replaces it).
+    """
+    recorded = prev.get("best_epoch")
+    if not best_path.is_file():
+        return None, -math.inf, math.inf
+    try:
+        repair_sidecar(best_path)
+        meta = load_meta(best_path, required=("epoch",))
+    except (CheckpointError, FileNotFoundError) as e:
+        log.warning("%s cannot be verified (%s); it is removed and the best model is chosen again from the "
+                    "epochs still to run", best_path, e)
+        best_path.unlink(missing_ok=True)
+        return None, -math.inf, math.inf
+    epoch = int(meta["epoch"])
+    if recorded != epoch:
+        log.warning("%s holds the weights of epoch %d but %s recorded best epoch %s (the run was interrupted "
+                    "between the two checkpoints); the best so far is epoch %d", best_path, epoch,
+                    best_path.with_name(LAST), recorded, epoch)
+    val = meta.get("val") or {}
+    acc, loss = val.get("accuracy"), val.get("loss")
+    return epoch, (-math.inf if acc is None else float(acc)), (math.inf if loss is None else float(loss))
 
 
 def is_better(acc: float | None, loss: float, best_acc: float, best_loss: float) -> bool:
@@ -408,19 +458,18 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
     history: list[dict] = []
     best_acc, best_loss, best_epoch, start = -math.inf, math.inf, None, 0
     last_path, best_path = out_dir / LAST, out_dir / BEST
+    remove_stale_temps(out_dir, recursive=False)  # half-written files of a killed run
     if resume and last_path.is_file():
-        prev = load_training_state(last_path, model, optimizer, scaler, device)
-        for key in ("seed", "batch_size", "lr", "warmup_epochs"):
-            if prev["config"].get(key) != getattr(config, key):
-                raise ValueError(f"{last_path}: cannot resume, {key}={prev['config'].get(key)!r} in the checkpoint "
-                                 f"but {getattr(config, key)!r} now (use another out_dir or resume=False)")
-        start, history = int(prev["epoch"]), list(prev.get("history", []))
-        best_acc = prev.get("best_val_accuracy", -math.inf)
-        best_acc = -math.inf if best_acc is None else best_acc
-        best_loss = prev.get("best_val_loss", math.inf)
-        best_loss = math.inf if best_loss is None else best_loss
-        best_epoch = prev.get("best_epoch")
-        log.info("resuming %s from epoch %d", last_path, start)
+        prev = _resume_state(last_path, model, optimizer, scaler, device)
+        if prev is not None:
+            for key in ("seed", "batch_size", "lr", "warmup_epochs"):
+                if prev["config"].get(key) != getattr(config, key):
+                    raise ValueError(f"{last_path}: cannot resume, {key}={prev['config'].get(key)!r} in the "
+                                     f"checkpoint but {getattr(config, key)!r} now (use another out_dir or "
+                                     "resume=False)")
+            start, history = int(prev["epoch"]), list(prev.get("history", []))
+            best_epoch, best_acc, best_loss = _best_so_far(best_path, prev)
+            log.info("resuming %s from epoch %d (best epoch so far: %s)", last_path, start, best_epoch)
 
     val_loader = (make_loader(val_data, config.batch_size, False, config.seed, config.num_workers,
                               device.type == "cuda") if val_data is not None and len(val_data) else None)
@@ -472,8 +521,9 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
 
     set_trainable(model, trainable, warmup=False)
     if best_path.is_file():
-        state, _ = load_checkpoint(best_path, device=device)
+        state, best_meta = load_checkpoint(best_path, device=device)
         model.load_state_dict(state)
+        best_epoch = best_meta.get("epoch", best_epoch)  # the epoch of the weights loaded, whatever was recorded
     return {"history": history, "best_epoch": best_epoch,
             "best_val_accuracy": None if best_acc == -math.inf else best_acc,
             "best_checkpoint": str(best_path), "last_checkpoint": str(last_path),

@@ -224,6 +224,10 @@ def test_killed_run_resumes_to_the_same_cache(prepared, world, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         prepare(root, cache, CFG, methods=["Face2Face"], compressions=["c23"], workers=1, progress=False)
     assert 0 < len(list(cache.rglob("*.json"))) and not (cache / "manifest.csv").exists()
+    # what kill -9 inside write_npy leaves (an exception removes its temp file, a kill does not): the next run
+    # removes it, so the cache below has exactly the reference's files
+    leftover = next(cache.rglob("*.crops.npy")).parent / ".999_998.crops.k1ll3d_9.tmp.npy"
+    leftover.write_bytes(b"\x93NUMPY half-written")
     monkeypatch.setattr(prep, "_write_outputs", real_write)
     detect_calls = []
     real_detect = faces.detect_faces

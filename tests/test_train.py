@@ -192,3 +192,65 @@ def test_best_checkpoint_rebuilds_and_run_record_round_trip(tmp_path):
     assert df.loc[0, "accuracy"] == pytest.approx(m["accuracy"])
     assert len(df.loc[0, "checkpoint_sha256"]) == 64 and len(df.loc[0, "data_manifest_sha256"]) == 64
     assert df.loc[0, "git_commit"]
+
+
+class _Kill(BaseException):
+    """Stands for kill -9 at a chosen point: nothing after it runs (not even ``except Exception`` handlers)."""
+
+
+def _kill_at_sidecar(monkeypatch, name: str, epoch: int) -> None:
+    """Make the write of sidecar ``name`` for ``epoch`` die after its weights file was written."""
+    import emdlib.checkpoint as ck
+
+    real = ck.write_json
+
+    def write_json(path, obj):
+        if path.name == name and obj.get("epoch") == epoch:
+            raise _Kill
+        return real(path, obj)
+
+    monkeypatch.setattr(ck, "write_json", write_json)
+
+
+@pytest.mark.parametrize("sidecar", ["last.json", "best.json"])
+def test_resume_after_a_kill_between_weights_and_sidecar(tmp_path, monkeypatch, sidecar):
+    """Killed between a checkpoint's two writes: the resumed run ends as an uninterrupted one, and the best epoch it
+    reports is the epoch of the weights it loads (never an older sidecar's)."""
+    from emdlib.checkpoint import load_meta
+    from emdlib.io import read_json, sha256_file
+
+    train, val = tiny_items(8, seed=1), tiny_items(4, seed=2)
+    cfg = TrainConfig(warmup_epochs=1, epochs=1, batch_size=4, seed=7, device="cpu", image_size=S)
+    model_a = _model(3)
+    res_a = fit(model_a, train, val, tmp_path / "a", cfg)
+    best_a = read_json(tmp_path / "a" / "best.json")["epoch"]
+    assert res_a["best_epoch"] == best_a
+
+    run = tmp_path / "b"
+    with monkeypatch.context() as m:
+        # epoch 2 writes best first (when it is the best so far), then last: kill inside one of the pairs
+        _kill_at_sidecar(m, sidecar, 2)
+        if sidecar == "best.json" and best_a != 2:
+            pytest.skip("epoch 2 is not a best epoch with this seed")
+        with pytest.raises(_Kill):
+            fit(_model(3), train, val, run, cfg)
+    stale = read_json(run / sidecar)
+    assert stale["epoch"] == 1 and stale["sha256"] != sha256_file(run / sidecar.replace(".json", ".safetensors"))
+    (run / ".last.k1ll3d_9.tmp.safetensors").write_bytes(b"half")  # what a kill inside save_file leaves
+
+    if sidecar == "best.json":
+        # stopping here (no epoch left to run) loads best.safetensors: the best epoch reported is that file's epoch
+        # (2, validated before the kill), not the one last.json recorded (1)
+        assert read_json(run / "last.json")["best_epoch"] == 1
+        res_short = fit(_model(98), train, val, run, dataclasses.replace(cfg, epochs=0))
+        assert res_short["best_epoch"] == 2 == load_meta(run / "best.safetensors")["epoch"]
+
+    model_b = _model(99)
+    res_b = fit(model_b, train, val, run, cfg)
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [r["val_accuracy"] for r in res_b["history"]] == [r["val_accuracy"] for r in res_a["history"]]
+    assert res_b["best_epoch"] == best_a == load_meta(run / "best.safetensors")["epoch"]
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+    for name in ("last", "best"):  # both pairs verified again (sidecars repaired)
+        assert read_json(run / f"{name}.json")["sha256"] == sha256_file(run / f"{name}.safetensors")

@@ -5,9 +5,10 @@ Classes are the eight AffectNet categories in AffectNet order (reference-facts �
 ``(image, label)`` items with ``image`` float ``(3, 96, 96)`` in ESR's input convention (**BGR**, [0, 1], made by
 :func:`emdlib.data.transforms.esr_input`) and ``label`` a long.
 
-* :func:`affectnet_samples` — AffectNet's official CSV (``subDirectory_filePath, face_x, face_y, face_width,
-  face_height, facial_landmarks, expression, valence, arousal``); expressions 8–10 (None / Uncertain / No-face) are
-  dropped as in the official ESR training (reference-facts §A.2); the annotated face box is cropped.
+* :func:`affectnet_samples` / :func:`read_affectnet_csv` — AffectNet's official CSV (``subDirectory_filePath,
+  face_x, face_y, face_width, face_height, facial_landmarks, expression, valence, arousal``); expressions 8–10
+  (None / Uncertain / No-face) are dropped as in the official ESR training (reference-facts §A.2), rows with a bad
+  box, a bad code or a missing image are dropped and counted; the annotated face box is cropped.
 * :func:`folder_samples` — ``<root>/<class>/*.png|jpg`` sets (FER2013, CK+, our synth expression set written by
   :func:`emdlib.data.synth.render_expression_set`); folder names map to AffectNet indices through
   :data:`CLASS_ALIASES` (CK+ ``sadness`` → ``sad`` …). Grey images become 3-channel.
@@ -113,40 +114,105 @@ def folder_samples(
     return samples
 
 
+#: AffectNet expression codes beyond the eight classes (reference-facts §A.2): dropped, counted by name.
+AFFECTNET_NON_EXPRESSIONS: dict[int, str] = {8: "none", 9: "uncertain", 10: "no_face"}
+
+
 def affectnet_samples(
-    csv_path: str | os.PathLike, image_root: str | os.PathLike, classes: int = len(EXPRESSIONS)
+    csv_path: str | os.PathLike, image_root: str | os.PathLike, classes: int = len(EXPRESSIONS),
+    check_files: bool = True,
 ) -> list[ExpressionSample]:
     """Samples of AffectNet's official CSV (``training.csv`` / ``validation.csv``), paths under ``image_root``.
 
-    Keeps expressions ``0..classes-1`` (the eight of :data:`EXPRESSIONS`; 8 None, 9 Uncertain, 10 No-face are
-    dropped as in the official ESR training). The annotated face box (``face_x`` = column, ``face_y`` = row) is
-    cropped at load time; the official pre-processing swaps x and y (reference-facts §A.4), we do not.
+    The usable rows of :func:`read_affectnet_csv` (which also returns what was dropped and why).
+    """
+    return read_affectnet_csv(csv_path, image_root, classes, check_files)[0]
+
+
+def read_affectnet_csv(
+    csv_path: str | os.PathLike, image_root: str | os.PathLike, classes: int = len(EXPRESSIONS),
+    check_files: bool = True,
+) -> tuple[list[ExpressionSample], dict[str, int]]:
+    """Read AffectNet's official CSV: ``(samples, counts)``; every row is kept or counted under one reason.
+
+    Keeps expressions ``0..classes-1`` (the eight of :data:`EXPRESSIONS`); 8 None, 9 Uncertain, 10 No-face are
+    dropped as in the official ESR training (reference-facts §A.2) and counted as ``expression_none``,
+    ``expression_uncertain``, ``expression_no_face``. Rows that cannot be used are dropped, counted and logged with
+    their CSV line: ``bad_expression`` (not an integer of 0..10), ``bad_box`` (a face box field that is not a number,
+    or a width/height below 1), ``missing_image`` (no file under ``image_root``; checked when ``check_files``).
+    ``counts`` also holds ``rows`` (data rows read) and ``kept``. The annotated face box (``face_x`` = column,
+    ``face_y`` = row) is cropped at load time; the official pre-processing swaps x and y (reference-facts §A.4), we
+    do not.
+
+    Raises ``FileNotFoundError`` (CSV or image folder absent) or ``ValueError`` naming the CSV: not a CSV, empty, no
+    data rows, a required column missing, or no usable row at all.
     """
     import pandas as pd
 
-    csv_path = Path(csv_path)
+    csv_path, root = Path(csv_path), Path(image_root)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: AffectNet CSV not found")
+    if check_files and not root.is_dir():
+        raise FileNotFoundError(f"{root}: AffectNet image folder not found")
     try:
-        df = pd.read_csv(csv_path)
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{csv_path}: empty file, not an AffectNet CSV (no header row)") from None
     except Exception as e:
         raise ValueError(f"{csv_path}: not a readable CSV ({e})") from e
     needed = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression"]
     absent = [c for c in needed if c not in df.columns]
     if absent:
         raise ValueError(f"{csv_path}: missing AffectNet columns {absent} (found {list(df.columns)})")
-    n = len(df)
-    df = df[df["expression"].between(0, classes - 1)]
-    log.info("%s: %d of %d rows kept (expressions 0..%d)", csv_path, len(df), n, classes - 1)
-    root = Path(image_root)
-    return [
-        ExpressionSample(
-            root / str(r.subDirectory_filePath),
-            int(r.expression),
-            Box(int(r.face_x), int(r.face_y), int(r.face_width), int(r.face_height)),
-        )
-        for r in df.itertuples(index=False)
-    ]
+    if df.empty:
+        raise ValueError(f"{csv_path}: no data rows (only the header)")
+    counts: dict[str, int] = {"rows": len(df), "kept": 0}
+    examples: dict[str, list[str]] = {}
+
+    def drop(reason: str, line: int, detail: str) -> None:
+        counts[reason] = counts.get(reason, 0) + 1
+        if len(examples.setdefault(reason, [])) < 3:
+            examples[reason].append(f"line {line}: {detail}")
+
+    samples = []
+    for i, r in enumerate(df.itertuples(index=False)):
+        line = i + 2  # 1-based, after the header
+        code = _integer(r.expression)
+        if code is None or not 0 <= code <= max(AFFECTNET_NON_EXPRESSIONS):
+            drop("bad_expression", line, f"expression {r.expression!r}")
+            continue
+        if code >= classes:
+            name = AFFECTNET_NON_EXPRESSIONS.get(code, str(code))
+            counts[f"expression_{name}"] = counts.get(f"expression_{name}", 0) + 1
+            continue
+        box = [_integer(getattr(r, k)) for k in ("face_x", "face_y", "face_width", "face_height")]
+        if any(v is None for v in box) or box[2] < 1 or box[3] < 1:
+            drop("bad_box", line, "face box " + ", ".join(repr(getattr(r, k)) for k in
+                                                          ("face_x", "face_y", "face_width", "face_height")))
+            continue
+        path = root / str(r.subDirectory_filePath)
+        if check_files and not path.is_file():
+            drop("missing_image", line, str(path))
+            continue
+        samples.append(ExpressionSample(path, code, Box(*box)))
+    counts["kept"] = len(samples)
+    skipped = {k: v for k, v in counts.items() if k.startswith("expression_")}
+    log.info("%s: %d of %d rows kept (expressions 0..%d); not expressions: %s", csv_path, len(samples),
+             counts["rows"], classes - 1, skipped or "none")
+    for reason, lines in examples.items():
+        log.warning("%s: %d rows dropped (%s), e.g. %s", csv_path, counts[reason], reason, "; ".join(lines))
+    if not samples:
+        raise ValueError(f"{csv_path}: none of the {counts['rows']} rows is usable ({counts})")
+    return samples, counts
+
+
+def _integer(text: str) -> int | None:
+    """An integer CSV field (``"12"``, ``"12.0"``); None for anything else (empty, text, NaN, ``"1.5"``)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 _SUBJECT = re.compile(r"^([^_]+)_")

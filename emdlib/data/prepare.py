@@ -43,6 +43,9 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
+import threading
+import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +59,7 @@ from emdlib.data import faces, video as vio
 from emdlib.data.ffpp import (
     FFPP, FFPP_COMPRESSIONS, MASK_THRESHOLD, ORIGINAL, SPLITS, binarize_mask, check_compression, check_method,
 )
-from emdlib.io import read_json, write_json, write_npy, write_text
+from emdlib.io import read_json, remove_stale_temps, write_json, write_npy, write_text
 from emdlib.presets import COMPRESSIONS, METHODS, PrepareConfig
 
 log = logging.getLogger(__name__)
@@ -390,8 +393,61 @@ def boxes_source(cache: str | os.PathLike, target: str) -> str | None:
     return read_json(path).get("compression") if path.is_file() else None
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    """Initializer of every worker process: die with the ``parent`` process; one OpenCV thread."""
+    die_with_parent(parent)
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int, use_prctl: bool = True, interval_s: float = 0.5) -> str:
+    """End this process as soon as process ``parent`` dies, however it dies (``kill -9`` included).
+
+    Worker processes otherwise outlive a killed ``emd prepare``: they keep decoding and writing, then block forever
+    on the result pipe nobody reads. On Linux the kernel sends this process SIGKILL when its parent exits
+    (``prctl(PR_SET_PDEATHSIG)``, immediate, even while the worker is inside a long C call such as dlib's detector);
+    the parent is checked once more afterwards, as it may have died before the call. Elsewhere (or with
+    ``use_prctl=False``, or when prctl fails) a daemon thread polls ``os.getppid()`` every ``interval_s`` seconds and
+    calls ``os._exit(1)`` once the parent is gone. Returns the method used: ``"prctl"`` or ``"watchdog"``.
+
+    ``parent`` must be the process that started this one (``os.getppid()`` at start). The signal is tied to the
+    parent *thread* that created the process; :func:`worker_pool` creates its workers from the thread that runs
+    :func:`prepare`, which outlives the pool.
+    """
+    if use_prctl and sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        except (OSError, AttributeError) as e:
+            log.debug("prctl unavailable (%s); watching the parent process instead", e)
+        else:
+            if os.getppid() != parent:  # died before prctl took effect
+                os._exit(1)
+            return "prctl"
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent, interval_s), name="emd-parent-watchdog",
+                     daemon=True).start()
+    return "watchdog"
+
+
+def _watch_parent(parent: int, interval_s: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    os._exit(1)
+
+
+def worker_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """The process pool :func:`prepare` uses: ``workers`` spawned processes that die with this process."""
+    ctx = multiprocessing.get_context("spawn")
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(os.getpid(),))
 
 
 # ---------------------------------------------------------------------------------------------------------- prepare
@@ -468,6 +524,7 @@ def prepare(
     workers = max(1, int(workers if workers is not None else cfg.workers))
     cache.mkdir(parents=True, exist_ok=True)
     _check_cache(cache, _config_record(cfg, ff))
+    remove_stale_temps(cache)  # half-written arrays of a killed run (its videos have no .json: they are redone)
 
     groups, scope, absent, done = _plan(ff, cache, cfg, methods, comps, splits)
     n_items = sum(len(g.items) for g in groups)
@@ -494,8 +551,7 @@ def prepare(
                 else:
                     collect(g, results, None)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+            with worker_pool(workers) as pool:
                 futures = {pool.submit(_process_group, g): g for g in groups}
                 broken = False
                 for fut in cf.as_completed(futures):
