@@ -204,7 +204,7 @@ class Detector:
 
         if path.suffix.lower() in (".h5", ".hdf5"):
             model = registry.mesonet_from_h5(path)
-            prov = {"checkpoint": str(path), "model": f"MesoNet ({type(model).__name__}, official Keras weights)",
+            prov = {"checkpoint": str(path), "model": "MesoNet (official Keras weights)",
                     "image_size": registry.MESONET_INPUT_SIZE,
                     "trained_on": "the MesoNet authors' Deepfake / Face2Face face sets (Afchar et al., WIFS 2018)",
                     "synthetic": False, "val_accuracy": None, "source": "official weights file"}

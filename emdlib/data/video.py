@@ -87,13 +87,15 @@ def _ffmpeg_log() -> Iterator[list]:
     """Capture FFmpeg's warnings and errors (PyAV keeps them silent by default) while opening a file."""
     import av.logging
 
-    old = av.logging.get_level()
+    old, old_skip = av.logging.get_level(), av.logging.get_skip_repeated()
     av.logging.set_level(av.logging.WARNING)
+    av.logging.set_skip_repeated(False)  # the same file must get the same message every time
     try:
         with av.logging.Capture() as logs:
             yield logs
     finally:
         av.logging.set_level(old)
+        av.logging.set_skip_repeated(old_skip)
 
 
 def _ffmpeg_says(logs: list, err: BaseException | None = None) -> str:
