@@ -155,26 +155,30 @@ def _ffmpeg_version() -> str:
 class VideoReader:
     """The frames of one video, in display order, as the decoder delivers them (see the module docstring).
 
-    ``backend`` is ``"opencv"`` or ``"pyav"``; ``info`` the container's declarations (:class:`StreamInfo`, None
-    when PyAV cannot probe a file that OpenCV reads). Use as a context manager or call :meth:`close`; iterate
-    :meth:`frames` once. Raises :class:`VideoError` when no frame can be decoded, with the reason.
+    The ``backend`` argument is ``"auto"`` (OpenCV, then PyAV) or one of the two (for comparisons); afterwards
+    :attr:`backend` is the one decoding (``"opencv"`` or ``"pyav"``) and :attr:`info` the container's declarations
+    (:class:`StreamInfo`). Use as a context manager or call :meth:`close`; iterate :meth:`frames` once. Raises :class:`VideoError` when no frame can be decoded, with the reason.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, backend: str = "auto"):
+        if backend not in ("auto", "opencv", "pyav"):
+            raise ValueError(f"backend must be 'auto', 'opencv' or 'pyav', got {backend!r}")
         self.path = Path(path)
         check_readable(self.path, VideoError)
-        self.info: StreamInfo | None = None
         self.problem: str | None = None  # why decoding stopped early (PyAV decoder error), if it did
         self._cap: cv2.VideoCapture | None = None
         self._container = None
         # PyAV and OpenCV share FFmpeg's demuxers: a file PyAV cannot probe (no container, no video stream, unknown
         # codec) OpenCV cannot open either, and the probe says why
         self.info = probe(self.path)
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if cap.isOpened() and cap.grab():
-            self._cap, self.backend = cap, "opencv"
-            return
-        cap.release()
+        if backend != "pyav":
+            cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+            if cap.isOpened() and cap.grab():
+                self._cap, self.backend = cap, "opencv"
+                return
+            cap.release()
+            if backend == "opencv":
+                raise VideoError(f"OpenCV cannot decode this {self.info.describe()} stream")
         log.debug("%s: OpenCV cannot decode %s; decoding with PyAV", self.path, self.info.describe())
         self._open_pyav()
 
@@ -266,9 +270,9 @@ class VideoReader:
         self.close()
 
 
-def open_video(path: str | os.PathLike) -> VideoReader:
+def open_video(path: str | os.PathLike, backend: str = "auto") -> VideoReader:
     """Open a video for decoding (:class:`VideoReader`); raises :class:`VideoError` with the reason."""
-    return VideoReader(path)
+    return VideoReader(path, backend)
 
 
 def count_frames(path: str | os.PathLike) -> int:
