@@ -79,7 +79,8 @@ class StreamInfo:
     declared_fps: float
 
     def describe(self) -> str:
-        return f"{self.codec} {self.pix_fmt} {self.width}x{self.height} in {self.container}"
+        fmt = f" {self.pix_fmt}" if self.pix_fmt != "?" else ""
+        return f"{self.codec}{fmt} {self.width}x{self.height} in {self.container}"
 
 
 @contextlib.contextmanager
