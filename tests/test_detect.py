@@ -385,3 +385,42 @@ def test_official_mesonet_h5_end_to_end(clips, tmp_path, capsys):
     assert len(df) == len(real) == 2 and min(df) > max(real)
     assert count_frames(tmp_path / "out" / "fake.mp4.overlay.mp4") == N_FRAMES
     assert (tmp_path / "out" / "df").is_dir()  # folder structure mirrored
+
+
+# -- what the user trusts ----------------------------------------------------------------------------------------
+def test_model_line_reads_sidecar_and_run_record_and_warns_for_synthetic(tmp_path, monkeypatch):
+    """A checkpoint in the study layout: preset and data world from the run record that names it, validation
+    accuracy from the sidecar; a synthetic-world model gets a WARNING line."""
+    from emdlib.checkpoint import save_checkpoint
+
+    run = "meso4__Face2Face__c23__s0"
+    ck = tmp_path / "data" / "cpu" / "checkpoints" / "runs" / run / "best.safetensors"
+    ck.parent.mkdir(parents=True)
+    save_checkpoint(ck, Meso4().state_dict(), {"model": model_spec("meso4"), "image_size": 64, "epoch": 3,
+                                               "val": {"accuracy": 0.65, "loss": 0.6}})
+    record = tmp_path / "results" / "cpu" / "runs" / run / "metrics.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"run": run, "checkpoint": str(ck), "method": "Face2Face", "compression": "c23",
+                                  "metrics": {"accuracy": 0.7},
+                                  "config": {"preset": {"name": "cpu", "data": {"world": "synth"}}}}))
+    monkeypatch.chdir(tmp_path / "data")  # the run record is found beside the data folder, not through the cwd
+    det = Detector.from_checkpoint(ck, device="cpu")
+    assert det.provenance["world"] == "synth" and det.provenance["synthetic"]
+    assert det.describe() == [
+        f"model: meso4 ({ck}), input 64x64, trained on the synthetic world (rendered faces), preset cpu, Face2Face "
+        f"c23, validation accuracy 0.650 (epoch 3), test accuracy 0.700, provenance: run record {record}",
+        "WARNING: this model was trained on the synthetic world (rendered cartoon faces, not real people): its "
+        "scores on real photos and videos say nothing about manipulation"]
+    # a run record that names another checkpoint is not trusted: the folder's preset is, and says so
+    record.write_text(json.dumps({"checkpoint": str(tmp_path / "other.safetensors")}))
+    prov = Detector.from_checkpoint(ck, device="cpu").provenance
+    assert prov["preset"] == "cpu" and prov["world"] == "synth" and prov["test_accuracy"] is None
+    assert prov["source"] == "inferred from the checkpoint's folder (preset 'cpu')"
+    # what the trainer wrote into the sidecar comes first; a FaceForensics++ model gets no warning
+    elsewhere = tmp_path / "m.safetensors"
+    save_checkpoint(elsewhere, Meso4().state_dict(), {"model": model_spec("meso4"), "image_size": 256,
+                                                      "preset": "paper", "method": "NeuralTextures",
+                                                      "compression": "c40", "val": {"accuracy": 0.9}})
+    lines = Detector.from_checkpoint(elsewhere, device="cpu").describe()
+    assert lines == [f"model: meso4 ({elsewhere}), input 256x256, trained on FaceForensics++, preset paper, "
+                     "NeuralTextures c40, validation accuracy 0.900"]
