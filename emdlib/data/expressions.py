@@ -218,8 +218,8 @@ def read_face(sample: ExpressionSample) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` of a sample, face box cropped; a clear error names an unreadable file or bad box."""
     try:  # the one image reader: upright (EXIF), grey expanded to 3 channels, truncated files logged
         img = read_image(sample.path)
-    except ImageError as e:
-        raise ValueError(f"{sample.path}: missing or unreadable image ({e})") from None
+    except ImageError as e:  # the message names the file and why (missing, permission denied, not an image...)
+        raise ValueError(str(e)) from None
     if sample.box is not None:
         b = sample.box
         h, w = img.shape[:2]

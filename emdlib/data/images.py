@@ -13,7 +13,7 @@ and also gives what OpenCV's ``IMREAD_UNCHANGED`` loses or hides:
 * **Size**: images above Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` × 2, 179 Mpixels by default)
   are refused with their size before any pixel is decoded.
 
-Errors are :class:`ImageError` (a ``ValueError``) naming the problem; the caller adds the path. Operating-system
+Errors are :class:`ImageError` (a ``ValueError``) naming the file and the problem. Operating-system
 errors (permission denied, symbolic-link loops, a folder named like an image) are re-raised as ``ImageError`` with
 the real cause (:func:`emdlib.data.media.os_reason`).
 """
@@ -39,7 +39,7 @@ _TRUNCATED_LOCK = threading.Lock()  # ImageFile.LOAD_TRUNCATED_IMAGES is a modul
 
 
 class ImageError(ValueError):
-    """An image that cannot be read; the message says why (the caller names the file)."""
+    """An image that cannot be read; the message names the file and says why."""
 
 
 @dataclass
@@ -69,10 +69,18 @@ class DecodedImage:
 def decode_image(path: str | os.PathLike) -> DecodedImage:
     """Read the image at ``path`` upright as RGB uint8; see the module docstring for what is converted.
 
-    Raises :class:`ImageError` for an empty or unidentifiable file, an image above the pixel limit, a file that
-    cannot be decoded at all, or an operating-system error (its real cause: permission denied, symbolic-link loop...).
+    Raises :class:`ImageError` (``"<path>: <reason>"``) for an empty or unidentifiable file, an image above the pixel
+    limit, a file that cannot be decoded at all, or an operating-system error (its real cause: permission denied,
+    symbolic-link loop...).
     """
     path = Path(path)
+    try:
+        return _decode(path)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
+
+
+def _decode(path: Path) -> DecodedImage:
     check_readable(path, ImageError)
     try:
         with warnings.catch_warnings():

@@ -118,10 +118,7 @@ def frame_count(path: str | os.PathLike) -> int:
     frames that are gone. Sampling over the header count would ask for frames that never decode. Raises
     :class:`emdlib.data.video.VideoError` naming the file and the problem.
     """
-    try:
-        return vio.count_frames(path)
-    except vio.VideoError as e:
-        raise vio.VideoError(f"{path}: {e}") from None
+    return vio.count_frames(path)
 
 
 # ----------------------------------------------------------------------------------------------------------- jobs

@@ -109,13 +109,19 @@ def _ffmpeg_says(logs: list, err: BaseException | None = None) -> str:
 def probe(path: str | os.PathLike) -> StreamInfo:
     """The container's description of the first video stream (no frame is decoded).
 
-    Raises :class:`VideoError` naming the problem: data in no container format, an MP4/MOV without its index
+    Raises :class:`VideoError` naming the file and the problem: data in no container format, an MP4/MOV without its index
     (moov atom: truncated file), no video stream (and which streams there are), an unknown codec (its tag) or a
     codec for which this FFmpeg build has no decoder.
     """
+    try:
+        return _probe(Path(path))
+    except VideoError as e:
+        raise VideoError(f"{path}: {e}") from None
+
+
+def _probe(path: Path) -> StreamInfo:
     import av
 
-    path = Path(path)
     check_readable(path, VideoError)
     with _ffmpeg_log() as logs:
         try:
@@ -165,13 +171,19 @@ class VideoReader:
         if backend not in ("auto", "opencv", "pyav"):
             raise ValueError(f"backend must be 'auto', 'opencv' or 'pyav', got {backend!r}")
         self.path = Path(path)
-        check_readable(self.path, VideoError)
         self.problem: str | None = None  # why decoding stopped early (PyAV decoder error), if it did
         self._cap: cv2.VideoCapture | None = None
         self._container = None
+        try:
+            self._open(backend)
+        except VideoError as e:
+            self.close()
+            raise VideoError(f"{self.path}: {e}") from None
+
+    def _open(self, backend: str) -> None:
         # PyAV and OpenCV share FFmpeg's demuxers: a file PyAV cannot probe (no container, no video stream, unknown
         # codec) OpenCV cannot open either, and the probe says why
-        self.info = probe(self.path)
+        self.info = _probe(self.path)
         if backend != "pyav":
             cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
             if cap.isOpened() and cap.grab():
@@ -197,7 +209,6 @@ class VideoReader:
         try:
             self._first = next(self._decoded)
         except StopIteration:
-            self.close()
             why = f" ({self.problem})" if self.problem else ""
             raise VideoError(f"no frame of the {self.info.describe()} stream could be decoded{why}"
                              + (f" although the header announces {self.info.declared_frames}"
