@@ -244,7 +244,7 @@ def test_audio_only_file_says_there_is_no_video_stream(meso, tmp_path):
     ("empty.mp4", b"", "empty file (0 bytes)"),
     ("notes.jpg", b"hello, this is text\n" * 20, "not a readable image: the data are in no image format Pillow knows"),
     ("empty.png", b"", "empty file (0 bytes)"),
-])
+], ids=["text_mp4", "empty_mp4", "text_jpg", "empty_png"])
 def test_non_media_with_a_media_extension(name, data, message, meso, tmp_path):
     p = tmp_path / name
     p.write_bytes(data)
@@ -480,7 +480,7 @@ def test_rerun_in_the_same_folder_is_idempotent(media_dir, ckpt, tmp_path, monke
     ('[[0, 1]]', r"train\.json: entry 0 \[0, 1\] is not a pair"),
     ('[["0a0", "001"]]', r"train\.json: entry 0 \['0a0', '001'\] is not a pair"),
     (b'[["000", "001"]]\xff\xfe', r"train\.json: not UTF-8 JSON text \(invalid start byte at byte 16\)"),
-])
+], ids=["unclosed", "object", "triple", "int_ids", "bad_id", "not_utf8"])
 def test_malformed_split_files_name_the_file_and_entry(text, message, tmp_path):
     splits = tmp_path / "splits"
     splits.mkdir()
@@ -496,7 +496,7 @@ def test_malformed_split_files_name_the_file_and_entry(text, message, tmp_path):
     ("{not json", r"world\.json: not valid JSON"),
     ('["synth"]', r"world\.json: expected a JSON object describing the world, got list"),
     ('{"world": "cartoons"}', r"world\.json: 'world' is 'cartoons'; expected one of \['synth', 'faces', 'ffpp'\]"),
-])
+], ids=["invalid", "list", "unknown_world"])
 def test_malformed_world_json(text, message, tmp_path):
     (tmp_path / "splits").mkdir()
     for s in ("train", "val", "test"):
