@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from emdlib.data.video import read_frames, write_video
-from emdlib.detect import DETECT_MAX_SIDE, Detector, detect_file
+from emdlib.detect import Detector, detect_file
 from emdlib.io import read_json, write_json
 
 log = logging.getLogger("detect_throughput")
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--esr-branches", type=int, default=9)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--detect-max-side", type=int, default=DETECT_MAX_SIDE)
     p.add_argument("--overlay", action="store_true", help="also write the overlay video (timed as overlay/write)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/detect_throughput.json"))
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            res = detect_file(clip, det, every=args.every, detect_max_side=args.detect_max_side,
+            res = detect_file(clip, det, every=args.every,
                               overlay_path=Path(tmp) / f"{name}.overlay.mp4" if args.overlay else None,
                               progress=False)
             wall = time.perf_counter() - t0
@@ -133,11 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_name(device), "device_type": device.type,
         "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "video": str(args.video), "clip": {"width": w, "height": h, "frames": args.frames, "every": args.every},
-        "batch_size": args.batch_size, "detect_max_side": args.detect_max_side, "overlay": args.overlay,
+        "batch_size": args.batch_size, "overlay": args.overlay,
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__, "runs": runs,
-        "note": "face detection = dlib HOG with one up-sampling (the FF++/training protocol) on frames with a longest "
-                "side <= detect_max_side; network = crop resize + forward pass, batched across frames",
+        "note": "face detection = dlib HOG with one up-sampling on the full-resolution frame (the FF++/training "
+                "protocol, emdlib.data.faces.find_faces); network = crop resize + forward pass, batched across frames",
     }
     old = read_json(args.out) if args.out.is_file() else {}
     results = {k: v for k, v in old.items() if isinstance(v, dict)}

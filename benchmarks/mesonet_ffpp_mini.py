@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from emdlib.data.faces import crop_box
-from emdlib.data.video import read_frames
-from emdlib.detect import Detector, find_faces, frame_sampler, overlay
+from emdlib.data.faces import find_faces
+from emdlib.data.video import frame_times, read_frames
+from emdlib.detect import Detector, frame_sampler, overlay
 from emdlib.io import atomic_path, write_json
 
 log = logging.getLogger("mesonet_ffpp_mini")
@@ -45,18 +45,14 @@ def clips(root: Path) -> list[tuple[str, Path]]:
 
 def faces_of(path: Path, every: int) -> tuple[list[int], list[tuple[int, np.ndarray]], dict[int, np.ndarray]]:
     """Sampled frame indices, ``(frame, crop)`` for every face, and the sampled frames themselves."""
-    cap = cv2.VideoCapture(str(path))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    cap.release()
-    sample = frame_sampler(25.0, every=every)
-    frames = read_frames(path, [i for i in range(n) if sample(i)])
+    sample = frame_sampler(every=every)
+    frames = read_frames(path, [i for i, t in enumerate(frame_times(path)) if sample(i, t)])
     crops = []
     for i in sorted(frames):
         f = frames[i]
-        for r in find_faces(f):
-            b = crop_box(r, f.shape)
-            if b.size > 0:
-                crops.append((i, b.crop(f), b))
+        for face in find_faces(f):
+            if face.usable:
+                crops.append((i, face.box.crop(f), face.box))
     return sorted(frames), crops, frames
 
 

@@ -115,13 +115,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from emdlib.detect import detect, exit_code
+    from emdlib.detect import Detector, detect, exit_code
 
-    results = detect(
-        args.paths, args.checkpoint, out_dir=args.out, fps=args.fps, every=args.every,
-        overlay=args.overlay, device=args.device, batch_size=args.batch_size,
-        detect_max_side=args.detect_max_side or None,
-    )
+    det = Detector.from_checkpoint(args.checkpoint, args.device, args.batch_size)
+    results = detect(args.paths, det, out_dir=args.out, fps=args.fps, every=args.every, overlay=args.overlay)
+    for line in det.describe():  # what the user trusts: training data, input size, validation accuracy
+        sys.stdout.write(line + "\n")
     for r in results:
         sys.stdout.write(r.summary() + "\n")
     sys.stdout.flush()
@@ -142,7 +141,9 @@ p_fake, mask_area: one row per sampled frame and face), <name>.json (summary, wa
 inputs that failed, with the error), with --overlay <name>.overlay.mp4 (videos) or .overlay.<ext> (images),
 and summary.csv (one line per input).
 <name> is the input's file name (extension kept), or its path relative to a folder given on the command line.
-stdout: one summary line per input ("PATH: ... p(fake)=0.873 -> FAKE", "PATH: ... no face found" or
+The --out folder (and any earlier emd detect output folder) is never read as input: re-running is idempotent.
+stdout: the model line (checkpoint, input size, training data, validation accuracy; a WARNING line for a model
+trained on the synthetic world), then one summary line per input ("PATH: ... p(fake)=0.873 -> FAKE", "PATH: ... no face found" or
 "PATH: ERROR why"). Video score = mean over sampled frames with a face of the most-fake face's p_fake.
 
 exit status:
@@ -197,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="write annotated videos/images (box, score, mask heat-map)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="faces per network batch (default %(default)s)")
-    p.add_argument("--detect-max-side", type=int, default=1280,
-                   help="detect faces on a copy down-scaled to this longest side (0 = full size; default %(default)s)")
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")

@@ -1,19 +1,31 @@
 """``emd detect``: run a trained detector on anyone's videos and images.
 
-The face pipeline is the one used for training (design.md "prepare", reference-facts §B.4): dlib's frontal detector
-on the grey frame with one up-sampling, FF++'s square box of 1.3 × the larger side clipped to the frame, the crop
-resized to the model's input size (area interpolation when shrinking, bilinear when enlarging), then the shared
-input convention (RGB ``(x - 0.5) / 0.5``; the FER stream gets ESR's 96×96 BGR [0, 1], reference-facts §A.4).
-Unlike training, **every** face of a sampled frame is scored, not only the largest. Face crops of many frames are
-scored together in batches.
+The face pipeline is the one used for training (design.md "prepare", reference-facts §B.4), through the same
+function: :func:`emdlib.data.faces.find_faces` — dlib's frontal detector on the **full-resolution** grey frame
+with one up-sampling (faces down to ~40 px wide), FF++'s square box of 1.3 × the larger side clipped to the
+frame — then the crop resized to the model's input size (area interpolation when shrinking, bilinear when
+enlarging) and the shared input convention (RGB ``(x - 0.5) / 0.5``; the FER stream gets ESR's 96×96 BGR [0, 1],
+reference-facts §A.4). There is no faster, smaller-scale detection: it would change the crop (a 75-px face in a 4K
+frame vanishes; a 1080p box moves by 14 px). The one thing skipped is a frame above :data:`MAX_DETECT_PIXELS`
+(dlib at training scale would need gigabytes); the output says so. Unlike training, **every** face of a sampled
+frame is scored, not only the largest. Face crops of many frames are scored together in batches.
 
-* Frame sampling: every frame (default), every N-th (``every``) or the first frame of each ``1/fps`` second
-  (``fps``). Frames larger than ``detect_max_side`` are detected on a down-scaled copy and the boxes mapped back,
-  so huge images and 4K videos work; the crop is always taken from the full-resolution frame.
+* Decoding (:mod:`emdlib.data.video`, :mod:`emdlib.data.images`): the frames, times and sizes the decoder
+  delivers — never the container header — upright (EXIF orientation of photos, display matrix of videos), with
+  OpenCV or PyAV (AV1 and other codecs OpenCV's build lacks). Truncated images are scored with a warning and
+  ``partial`` rows; videos whose frames end before the declared duration get a warning.
+* Frame sampling: every frame (default), every N-th (``every``) or the first frame of each ``1/fps`` second of
+  the decoded timeline (``fps``; variable frame rates included).
 * Per face: fake probability (softmax of the 2-way logits, index 1 = fake, §IV-B) and, for segmenting models
   (EMD, MultiTask), the predicted mask's area: the share of the crop whose mask probability is > 0.5.
 * Per input: the score is the mean, over sampled frames with a face, of the most-fake face's probability
   (an image is one frame); ``score >= 0.5`` → FAKE.
+* Inputs: files named directly, and the image/video files under named folders (walked without following links
+  in circles); the output folder and every folder ``emd detect`` wrote are never inputs, so a re-run in the same
+  folder is idempotent. Unreadable folders, permission errors and link loops are reported with their real cause.
+* The model: :attr:`Detector.provenance` — what the checkpoint was trained on (preset, data world, cell),
+  its input size and validation accuracy, from its sidecar or its run record — goes with every result; a model
+  trained on the synthetic world is flagged.
 
 Works with any emdlib detector checkpoint (safetensors + sidecar, :mod:`emdlib.models.registry`) and with the
 official MesoNet Keras weights (``*.h5``). Bad inputs never stop a batch: each gets a :class:`MediaResult` whose
@@ -23,6 +35,7 @@ Notebook use::
 
     from emdlib.detect import Detector, detect, detect_file
     det = Detector.from_checkpoint("runs/emd/best.safetensors")
+    print(det.describe())
     res = detect_file("clip.mp4", det, every=10)
     res.rows            # pandas DataFrame, one row per sampled frame and face
     res.score, res.summary()
@@ -33,10 +46,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -44,22 +58,28 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from emdlib.data.faces import crop_box, detect_faces, resize_crop
+from emdlib.data import faces as facelib
+from emdlib.data.faces import resize_crop
+from emdlib.data.images import IMAGE_EXTENSIONS, ImageError, decode_image
+from emdlib.data.media import check_readable, os_reason
 from emdlib.data.transforms import esr_input, to_tensor, xception_input
-from emdlib.data.video import VIDEO_EXTENSIONS, VideoError, write_video
-from emdlib.io import atomic_path, write_csv, write_json
+from emdlib.data.video import VIDEO_EXTENSIONS, VideoError, mean_fps, open_video, shortfall_note, write_video
+from emdlib.io import atomic_path, read_json, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-DETECT_MAX_SIDE = 1280  # frames with a larger side are detected on a down-scaled copy (boxes mapped back)
+#: Frames with more pixels are not searched for faces (dlib at one up-sampling needs ~26 bytes and ~0.8 µs per
+#: pixel: 64 Mpixels ≈ 1.7 GB and a minute); the result says so. Downscaling instead would change the crop.
+MAX_DETECT_PIXELS = 64_000_000
 FAKE_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5
 MAX_PENDING_FRAMES = 64  # with an overlay, frames wait at most this long for their batch to be scored
+#: Written into every output folder: folders holding it are outputs of ``emd detect`` and never read as inputs.
+OUTPUT_MARKER = ".emd-detect-output"
 
 #: Columns of :attr:`MediaResult.rows` (and of the per-input CSV).
 ROW_COLUMNS = ("frame", "time_s", "face", "left", "top", "right", "bottom", "box_x", "box_y", "box_size",
-               "p_fake", "mask_area")
+               "p_fake", "mask_area", "partial")
 
 #: ``emd detect`` exit codes (documented in ``emd detect --help``).
 EXIT_ALL_READ, EXIT_NONE_READ, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -73,25 +93,31 @@ class MediaError(ValueError):
 class MediaResult:
     """Detections of one input file: one row per sampled frame and face, or an ``error`` saying why none.
 
-    ``rows`` columns: :data:`ROW_COLUMNS` — ``frame`` index, ``time_s``, ``face`` (0 = largest), the detection
-    rectangle ``left/top/right/bottom``, the FF++ crop box ``box_x/box_y/box_size`` fed to the model, ``p_fake`` and
-    ``mask_area`` (share of the crop predicted manipulated; NaN for classification-only models).
+    ``rows`` columns: :data:`ROW_COLUMNS` — ``frame`` index (display order), ``time_s`` (the frame's presentation
+    time as decoded), ``face`` (0 = largest), the detection rectangle ``left/top/right/bottom``, the FF++ crop box
+    ``box_x/box_y/box_size`` fed to the model, ``p_fake``, ``mask_area`` (share of the crop predicted manipulated;
+    NaN for classification-only models) and ``partial`` (True when the pixels came from a file cut short).
+    ``kind`` is ``video``, ``image``, ``folder`` (a folder that could not be listed) or ``unknown``; ``decoder``
+    the library that decoded it; ``model`` the detector's :attr:`Detector.provenance`.
     """
 
     path: Path
-    kind: str  # video | image | unknown
+    kind: str  # video | image | folder | unknown
     rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(ROW_COLUMNS)))
     frames_total: int = 0
     frames_sampled: int = 0
     frames_with_face: int = 0
+    frames_skipped: int = 0
     width: int = 0
     height: int = 0
     fps: float = float("nan")
     score: float = float("nan")
     error: str | None = None
+    decoder: str = ""
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +145,8 @@ class MediaResult:
             what += f", {self.frames_total} frames, {self.frames_sampled} sampled"
         if self.faces == 0:
             line = f"{self.path}: {what}, no face found"
+            if self.frames_sampled > self.frames_skipped:
+                line += f" (faces narrower than ~{facelib.MIN_FACE_PX} px are not found at training scale)"
         else:
             line = (f"{self.path}: {what}, {self.faces} face{'s' * (self.faces != 1)}, "
                     f"p(fake)={self.score:.3f} -> {self.verdict}")
@@ -130,9 +158,11 @@ class MediaResult:
         d = {"path": str(self.path), "kind": self.kind, "ok": self.ok, "error": self.error, "verdict": self.verdict,
              "score": None if math.isnan(self.score) else self.score, "faces": self.faces,
              "frames_total": self.frames_total, "frames_sampled": self.frames_sampled,
-             "frames_with_face": self.frames_with_face, "width": self.width, "height": self.height,
-             "fps": None if math.isnan(self.fps) else self.fps, "warnings": list(self.warnings),
-             "timings_s": dict(self.timings), "outputs": dict(self.outputs)}
+             "frames_with_face": self.frames_with_face, "frames_skipped": self.frames_skipped,
+             "width": self.width, "height": self.height,
+             "fps": None if math.isnan(self.fps) else self.fps, "decoder": self.decoder,
+             "warnings": list(self.warnings), "timings_s": dict(self.timings), "outputs": dict(self.outputs),
+             "model": dict(self.model)}
         if with_rows:  # NaN (no mask) → null, so the JSON is strict
             d["rows"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                          for r in self.rows.to_dict(orient="records")]
@@ -148,12 +178,20 @@ class Detector:
     """
 
     def __init__(self, model: torch.nn.Module, image_size: int, device: str | torch.device | None = None,
-                 batch_size: int = 32, name: str = ""):
+                 batch_size: int = 32, name: str = "", provenance: Mapping[str, Any] | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.image_size = int(image_size)
         self.batch_size = max(1, int(batch_size))
         self.name = name or type(model).__name__
+        #: What the user trusts (:func:`model_provenance`): model, input size, training data, validation accuracy.
+        self.provenance: dict[str, Any] = dict(provenance) if provenance else {
+            "checkpoint": None, "model": type(model).__name__, "image_size": self.image_size, "trained_on": None,
+            "synthetic": False, "source": "a model passed in by the caller"}
+
+    def describe(self) -> list[str]:
+        """The model summary ``emd detect`` prints: one line, plus a warning line for a synthetic-world model."""
+        return describe_provenance(self.provenance)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | None = None, batch_size: int = 32) -> "Detector":
@@ -166,12 +204,17 @@ class Detector:
 
         if path.suffix.lower() in (".h5", ".hdf5"):
             model = registry.mesonet_from_h5(path)
-            return cls(model, registry.MESONET_INPUT_SIZE, device, batch_size, name=path.name)
+            prov = {"checkpoint": str(path), "model": "MesoNet (official Keras weights)",
+                    "image_size": registry.MESONET_INPUT_SIZE,
+                    "trained_on": "the MesoNet authors' Deepfake / Face2Face face sets (Afchar et al., WIFS 2018)",
+                    "synthetic": False, "val_accuracy": None, "source": "official weights file"}
+            return cls(model, registry.MESONET_INPUT_SIZE, device, batch_size, name=path.name, provenance=prov)
         model, meta = registry.model_from_checkpoint(path)
         size = meta.get("image_size") or (meta.get("config") or {}).get("image_size")
         if not size:
             raise ValueError(f"{path}: sidecar has no image_size (write checkpoints with registry.save_detector)")
-        return cls(model, int(size), device, batch_size, name=path.name)
+        return cls(model, int(size), device, batch_size, name=path.name,
+                   provenance=model_provenance(path, meta, int(size)))
 
     def prepare(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Stack crops resized to ``image_size`` as ``(N, S, S, 3)`` uint8."""
@@ -202,6 +245,109 @@ class Detector:
                        for m, c in zip(masks, crops)]
 
 
+# -- what the user trusts ---------------------------------------------------------------------------------------
+def model_provenance(path: str | os.PathLike, sidecar: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """What a detector checkpoint was trained on, for the user who trusts its scores.
+
+    Returns ``{"checkpoint", "model", "image_size", "trained_on", "world", "preset", "method", "compression",
+    "val_accuracy", "epoch", "test_accuracy", "synthetic", "source"}`` (None where unknown). Read, in order, from:
+
+    1. the checkpoint's sidecar (``model``, ``image_size``, ``epoch``, ``val.accuracy``, and ``preset`` / ``world``
+       / ``method`` / ``compression`` when the trainer recorded them);
+    2. the study's run record ``results/<preset>/runs/<run>/metrics.json`` of a checkpoint in the study layout
+       ``<data>/<preset>/checkpoints/runs/<run>/best.safetensors`` — only when that record names this checkpoint;
+    3. the preset named by that folder layout (``source`` then says the data world was inferred from it).
+
+    ``synthetic`` is True for the synthetic world (rendered faces): such a model's scores on real media mean nothing.
+    """
+    from emdlib.presets import PRESETS
+
+    path = Path(path)
+    side = sidecar if isinstance(sidecar, Mapping) else {}
+    spec = side.get("model") if isinstance(side.get("model"), Mapping) else {}
+    val = side.get("val") if isinstance(side.get("val"), Mapping) else {}
+    preset = side.get("preset")
+    preset_name = preset.get("name") if isinstance(preset, Mapping) else preset if isinstance(preset, str) else None
+    data = side.get("data") if isinstance(side.get("data"), Mapping) else {}
+    world = side.get("world") or data.get("world") or (preset.get("data", {}).get("world")
+                                                       if isinstance(preset, Mapping) else None)
+    info: dict[str, Any] = {
+        "checkpoint": str(path), "model": spec.get("name") or spec.get("kind"), "image_size": int(image_size),
+        "world": world, "preset": preset_name, "method": side.get("method"), "compression": side.get("compression"),
+        "val_accuracy": val.get("accuracy"), "epoch": side.get("epoch"), "test_accuracy": None,
+        "source": "checkpoint sidecar" if (world or preset_name) else None,
+    }
+    layout = path.resolve().parents
+    if len(layout) >= 4 and layout[1].name == "runs" and layout[2].name == "checkpoints":
+        folder_preset, run = layout[3].name, path.resolve().parent.name
+        record = _run_record(path, layout[3], folder_preset, run)
+        if record is not None:
+            cfg = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+            rp = cfg.get("preset") if isinstance(cfg.get("preset"), Mapping) else {}
+            info["preset"] = info["preset"] or rp.get("name") or record.get("preset")
+            info["world"] = info["world"] or (rp.get("data") or {}).get("world")
+            info["method"] = info["method"] or record.get("method") or cfg.get("method")
+            info["compression"] = info["compression"] or record.get("compression") or cfg.get("compression")
+            metrics = record.get("metrics") if isinstance(record.get("metrics"), Mapping) else {}
+            info["test_accuracy"] = metrics.get("accuracy")
+            info["source"] = info["source"] or f"run record {record['_path']}"
+        if info["world"] is None and folder_preset in PRESETS:
+            info["preset"] = info["preset"] or folder_preset
+            info["world"] = PRESETS[folder_preset].data.world
+            info["source"] = f"inferred from the checkpoint's folder (preset {folder_preset!r})"
+    if info["preset"] and info["world"] is None and info["preset"] in PRESETS:
+        info["world"] = PRESETS[info["preset"]].data.world
+    worlds = {"synth": "the synthetic world (rendered faces)", "faces": "forged photographs (the faces world)",
+              "ffpp": "FaceForensics++"}
+    what = worlds.get(info["world"], info["world"]) if info["world"] else None
+    if what:
+        cell = " ".join(str(v) for v in (info["method"], info["compression"]) if v)
+        what += (f", preset {info['preset']}" if info["preset"] else "") + (f", {cell}" if cell else "")
+    info["trained_on"] = what
+    info["synthetic"] = info["world"] == "synth"
+    return info
+
+
+def _run_record(path: Path, preset_dir: Path, preset: str, run: str) -> dict[str, Any] | None:
+    """The study's run record of a checkpoint in the study layout, if one names this very file."""
+    candidates = [preset_dir.parent.parent / "results" / preset / "runs" / run / "metrics.json",
+                  Path.cwd() / "results" / preset / "runs" / run / "metrics.json"]
+    for c in dict.fromkeys(candidates):
+        try:
+            record = read_json(c)
+        except (OSError, ValueError):
+            continue
+        ck = record.get("checkpoint") if isinstance(record, dict) else None
+        try:
+            if ck and os.path.samefile(ck, path):
+                return {**record, "_path": str(c)}
+        except OSError:
+            continue
+    return None
+
+
+def describe_provenance(info: Mapping[str, Any]) -> list[str]:
+    """``model: <name> (<checkpoint>), input NxN, trained on <data>, validation accuracy A (epoch E)`` and, for a
+    model of the synthetic world, a ``WARNING`` line."""
+    parts = [f"model: {info.get('model') or 'unknown architecture'}"
+             + (f" ({info['checkpoint']})" if info.get("checkpoint") else ""),
+             f"input {info.get('image_size')}x{info.get('image_size')}",
+             f"trained on {info['trained_on']}" if info.get("trained_on")
+             else "training data unknown (the checkpoint does not record it)"]
+    acc = info.get("val_accuracy")
+    parts.append(f"validation accuracy {acc:.3f}" + (f" (epoch {info['epoch']})" if info.get("epoch") else "")
+                 if isinstance(acc, (int, float)) else "validation accuracy not recorded")
+    if isinstance(info.get("test_accuracy"), (int, float)):
+        parts.append(f"test accuracy {info['test_accuracy']:.3f}")
+    if info.get("source") and info.get("source") not in ("checkpoint sidecar",):
+        parts.append(f"provenance: {info['source']}")
+    lines = [", ".join(parts)]
+    if info.get("synthetic"):
+        lines.append("WARNING: this model was trained on the synthetic world (rendered cartoon faces, not real "
+                     "people): its scores on real photos and videos say nothing about manipulation")
+    return lines
+
+
 # -- inputs ---------------------------------------------------------------------------------------------------------
 def media_kind(path: str | os.PathLike) -> str:
     """``"video"``, ``"image"`` or ``"unknown"`` from the file extension."""
@@ -209,127 +355,132 @@ def media_kind(path: str | os.PathLike) -> str:
     return "video" if ext in VIDEO_EXTENSIONS else "image" if ext in IMAGE_EXTENSIONS else "unknown"
 
 
-def iter_media(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, Path | None]]:
-    """``(file, folder it was found in or None)``: files named directly (whatever their type, so that a wrong one is
-    reported), and the image/video files under named folders, recursively and sorted (other files there are
-    skipped). Missing paths are yielded as-is so that they get an error row."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
-            media = [q for q in found if media_kind(q) != "unknown"]
-            if len(media) < len(found):
-                log.info("%s: skipping %d files that are neither images nor videos", p, len(found) - len(media))
-            if not media:
-                log.warning("%s: folder holds no image or video files", p)
-            yield from ((q, p) for q in media)
-        else:
-            yield p, None
+@dataclass(frozen=True)
+class MediaItem:
+    """One input found by :func:`iter_media`: a file to score (``problem`` None) or a path that could not be
+    listed or followed, with the reason (``problem``). ``folder`` is the named folder it was found under."""
+
+    path: Path
+    folder: Path | None = None
+    problem: str | None = None
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read any still image as RGB uint8: grey, grey+alpha, RGBA, 16-bit and float images are converted (alpha is
-    dropped, 16-bit is scaled by 1/257, float is min-max scaled); errors (:class:`MediaError`) say why."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise MediaError("empty file (0 bytes)")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise MediaError("not a readable image (corrupt, truncated, unsupported format, "
-                         "or more pixels than OpenCV's limit)")
-    if img.size == 0:
-        raise MediaError("image has no pixels")
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
-        f = img.astype(np.float32)
-        lo, hi = float(np.nanmin(f)), float(np.nanmax(f))
-        if hi <= lo:
-            img = np.zeros(f.shape, np.uint8)
-        else:
-            img = ((np.nan_to_num(f, nan=lo) - lo) * (255.0 / (hi - lo))).round().astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    channels = img.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
-    if channels == 2:  # grey + alpha
-        return cv2.cvtColor(np.ascontiguousarray(img[..., 0]), cv2.COLOR_GRAY2RGB)
-    if channels == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if channels == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    raise MediaError(f"image has {channels} channels; expected grey, RGB or RGBA")
+def is_output_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` was written by ``emd detect`` (it holds :data:`OUTPUT_MARKER`)."""
+    return os.path.lexists(os.path.join(folder, OUTPUT_MARKER))
 
 
-class _Video:
-    """A video opened with OpenCV; ``frames(sample)`` yields ``(index, RGB or None, sampled)``; unsampled frames
-    are only grabbed (not converted) unless ``decode_all``."""
+def iter_media(paths: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> Iterator[MediaItem]:
+    """The inputs of ``emd detect``: files named directly (whatever their type, so that a wrong one is reported)
+    and the image/video files under named folders, recursively and sorted (other files there are skipped, and
+    counted in the log).
 
-    def __init__(self, path: Path):
-        if path.stat().st_size == 0:
-            raise MediaError("empty file (0 bytes)")
-        self.cap = cv2.VideoCapture(str(path))
-        if not self.cap.isOpened():
-            self.cap.release()
-            raise MediaError("cannot be opened as a video (not a media file, or truncated)")
-        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        if not (self.fps > 0 and math.isfinite(self.fps)):
-            self.fps = 25.0
-        self.header_frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.width = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
-        self.height = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-
-    def frames(self, sample: Callable[[int], bool], decode_all: bool) -> Iterator[tuple[int, np.ndarray | None, bool]]:
-        i = 0
+    Never yielded: the folders in ``exclude`` (the output folder) and every folder holding
+    :data:`OUTPUT_MARKER` (earlier outputs), however they are reached. Symbolic links are followed, each real
+    folder once, so a link loop ends the walk there (logged). A folder that cannot be listed (permission denied,
+    I/O error), a link loop or a dangling link met on the way is yielded with its ``problem``, so that the caller
+    reports it and the exit code counts it; named paths that do not exist are yielded as files (they get an
+    error row).
+    """
+    excluded = set()
+    for e in exclude:
         try:
-            while True:
-                sampled = sample(i)
-                if sampled or decode_all:
-                    ok, frame = self.cap.read()
-                    if not ok:
-                        break
-                    yield i, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), sampled
-                else:
-                    if not self.cap.grab():
-                        break
-                    yield i, None, False
-                i += 1
-        finally:
-            self.cap.release()
+            excluded.add(_real(e))
+        except OSError:
+            pass
+    for p in map(Path, paths):
+        try:
+            is_dir = p.is_dir()
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            yield MediaItem(p, None)
+            continue
+        if _real(p) in excluded or is_output_folder(p):
+            log.warning("%s: skipped, it is an output folder of emd detect", p)
+            continue
+        found: list[MediaItem] = []
+        other = 0
+        for item in _walk(p, excluded, set()):
+            if item.problem is None and media_kind(item.path) == "unknown":
+                other += 1
+            else:
+                found.append(MediaItem(item.path, p, item.problem))
+        if other:
+            log.info("%s: skipping %d files that are neither images nor videos", p, other)
+        if not found:
+            log.warning("%s: folder holds no image or video files", p)
+        yield from sorted(found, key=lambda m: m.path.as_posix())
 
 
-def frame_sampler(native_fps: float, fps: float | None = None, every: int | None = None) -> Callable[[int], bool]:
-    """Which frame indices are scored: all (default), every ``every``-th from 0, or — with ``fps`` — the first frame
-    of each ``1/fps``-second interval (frame ``i`` is at ``i / native_fps`` seconds)."""
+def _real(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _walk(folder: Path, excluded: set, seen: set) -> Iterator[MediaItem]:
+    """Files under ``folder`` (links followed, each real folder once); problems as items with a reason."""
+    try:
+        key = _real(folder)
+    except OSError as e:
+        yield MediaItem(folder, problem=f"cannot open folder: {os_reason(e, folder)}")
+        return
+    if key in seen:
+        log.warning("%s: symbolic link loop (leads back to a folder already searched); not followed", folder)
+        return
+    seen.add(key)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        yield MediaItem(folder, problem=f"cannot list folder: {os_reason(e, folder)}")
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        try:
+            st = os.stat(path)  # follows links
+        except OSError as e:
+            if media_kind(path) != "unknown" or entry.is_symlink():
+                yield MediaItem(path, problem=os_reason(e, path))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in excluded or is_output_folder(path):
+                log.info("%s: skipped, it is an output folder of emd detect", path)
+                continue
+            yield from _walk(path, excluded, seen)
+        elif stat.S_ISREG(st.st_mode):
+            yield MediaItem(path)
+
+
+def frame_sampler(fps: float | None = None, every: int | None = None) -> Callable[[int, float], bool]:
+    """Which frames are scored, as ``sample(index, time_s) -> bool``: all (default), every ``every``-th from 0, or —
+    with ``fps`` — the first frame of each ``1/fps``-second interval of the decoded timeline (frame times as the
+    decoder stamps them, so variable frame rates are sampled evenly in time). Raises ValueError for both, or for a
+    non-positive value."""
     if every is not None and fps is not None:
         raise ValueError("give either fps or every, not both")
     if every is not None:
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         step = int(every)
-        return lambda i: i % step == 0
+        return lambda i, t: i % step == 0
     if fps is not None:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        ratio = float(fps) / float(native_fps)
-        if ratio >= 1:
-            return lambda i: True
-        # small epsilon so that e.g. 25 fps sampled at 5 fps picks frames 0, 5, 10, ... despite float rounding
-        return lambda i: i == 0 or math.floor(i * ratio + 1e-9) > math.floor((i - 1) * ratio + 1e-9)
-    return lambda i: True
+        last = [-1]  # the last interval that got a frame
 
+        def sample(i: int, t: float) -> bool:
+            # small epsilon so that e.g. 25 fps sampled at 5 fps picks frames 0, 5, 10, ... despite float rounding
+            k = math.floor(t * float(fps) + 1e-6)
+            if i == 0 or k > last[0]:
+                last[0] = max(k, 0)
+                return True
+            return False
 
-def find_faces(frame: np.ndarray, max_side: int | None = DETECT_MAX_SIDE) -> list[tuple[int, int, int, int]]:
-    """All dlib detections in ``frame`` as ``(left, top, right, bottom)``, largest first; a frame larger than
-    ``max_side`` is detected on a down-scaled copy and the rectangles mapped back to full resolution."""
-    h, w = frame.shape[:2]
-    scale = 1.0 if not max_side else min(1.0, max_side / max(h, w))
-    if scale < 1.0:
-        small = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        rects = detect_faces(small)
-        return [(max(0, round(l / scale)), max(0, round(t / scale)), min(w, round(r / scale)), min(h, round(b / scale)))
-                for l, t, r, b in rects]
-    return detect_faces(frame)
+        return sample
+    return lambda i, t: True
 
 
 # -- overlay --------------------------------------------------------------------------------------------------------
@@ -380,21 +531,21 @@ class _Scorer:
         self.keep_frames = keep_frames
         self.crops: list[np.ndarray] = []
         self.faces: list[dict] = []
-        self.frames: list[tuple[np.ndarray, list[dict]]] = []
+        self.frames: list[tuple[np.ndarray, list[dict], float]] = []
         self.shown: list[dict] = []  # faces drawn on the last overlaid frame (their masks are still needed)
 
     def add(self, faces: list[dict], crops: list[np.ndarray]) -> None:
         self.faces += faces
         self.crops += crops
 
-    def hold(self, frame: np.ndarray, faces: list[dict]) -> None:
-        self.frames.append((frame, faces))
+    def hold(self, frame: np.ndarray, faces: list[dict], time_s: float) -> None:
+        self.frames.append((frame, faces, time_s))
 
     @property
     def due(self) -> bool:
         return len(self.crops) >= self.detector.batch_size or len(self.frames) >= MAX_PENDING_FRAMES
 
-    def flush(self) -> Iterator[np.ndarray]:
+    def flush(self) -> Iterator[tuple[np.ndarray, float]]:
         if self.crops:
             t0 = time.perf_counter()
             probs, masks = self.detector.score_batch(np.stack(self.crops))
@@ -409,7 +560,7 @@ class _Scorer:
                         f["_mask"] = masks[k]
             self.crops, self.faces = [], []
         frames, self.frames = self.frames, []
-        for frame, faces in frames:
+        for frame, faces, time_s in frames:
             if faces is not self.shown:
                 # frames are held in order and a sampled frame's faces are shown on a contiguous run of frames:
                 # once another list appears the previous one is never drawn again, so its masks (views that pin a
@@ -420,7 +571,7 @@ class _Scorer:
             t0 = time.perf_counter()
             out = overlay(frame, faces)
             self.t["overlay"] += time.perf_counter() - t0
-            yield out
+            yield out, time_s
 
 
 def detect_file(
@@ -429,31 +580,31 @@ def detect_file(
     fps: float | None = None,
     every: int | None = None,
     overlay_path: str | os.PathLike | None = None,
-    detect_max_side: int | None = DETECT_MAX_SIDE,
     progress: bool = True,
 ) -> MediaResult:
     """Detect and score every face in the sampled frames of one video or image.
 
-    Never raises for a bad input: the returned :class:`MediaResult` then has ``error`` set (and no rows).
-    With ``overlay_path`` an annotated copy is written: every frame of a video (unsampled frames show the last
-    sampled frame's boxes) at the input's size (odd sides padded by one pixel) and frame rate, or the image.
+    Never raises for a bad input: the returned :class:`MediaResult` then has ``error`` set (and no rows) naming the
+    problem. With ``overlay_path`` an annotated copy is written: every frame of a video (unsampled frames show the
+    last sampled frame's boxes) at the input's size (odd sides padded by one pixel), or the image. The overlay video
+    runs at the container's average frame rate with each frame placed at its decoded time (a variable-rate clip
+    stays in sync: frames are repeated or, where two fall in one slot, the earlier one dropped).
     """
     path = Path(path)
-    res = MediaResult(path=path, kind=media_kind(path))
+    res = MediaResult(path=path, kind=media_kind(path), model=dict(detector.provenance))
     t = {"decode": 0.0, "detect": 0.0, "network": 0.0, "overlay": 0.0, "write": 0.0}
     t_start = time.perf_counter()
     rows: list[dict] = []
     try:
-        if not path.exists():
-            raise MediaError("no such file")
-        if not path.is_file():
-            raise MediaError("not a regular file")
+        check_readable(path, MediaError)
         if res.kind == "unknown":
             raise MediaError(f"not a supported image or video (extension {path.suffix or '(none)'!r}; images: "
                              f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)})")
-        _run(path, res, detector, fps, every, overlay_path, detect_max_side, progress, t, rows)
-    except (MediaError, VideoError, OSError, cv2.error, MemoryError) as e:
+        _run(path, res, detector, fps, every, overlay_path, progress, t, rows)
+    except (MediaError, VideoError, ImageError, cv2.error, MemoryError) as e:
         res.error = _reason(e, path)
+    except OSError as e:
+        res.error = os_reason(e, path)
     except Exception as e:  # a batch must never stop on one input; keep the traceback in the log
         log.exception("%s: unexpected error", path)
         res.error = f"unexpected error: {type(e).__name__}: {_reason(e, path)}"
@@ -481,28 +632,39 @@ def _reason(e: BaseException, path: Path) -> str:
 
 
 def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, every: int | None,
-         overlay_path: str | os.PathLike | None, max_side: int | None, progress: bool, t: dict[str, float],
-         rows: list[dict]) -> None:
+         overlay_path: str | os.PathLike | None, progress: bool, t: dict[str, float], rows: list[dict]) -> None:
     want_overlay = overlay_path is not None
     t0 = time.perf_counter()
+    partial = False
+    times: list[float] = []
+    video = None
     if res.kind == "image":
-        img = read_image(path)
-        source: Iterator[tuple[int, np.ndarray | None, bool]] = iter([(0, img, True)])
-        res.height, res.width = img.shape[:2]
-        native = float("nan")
+        img = decode_image(path)
+        partial = img.truncated
+        res.warnings += img.notes
+        res.decoder = f"Pillow ({img.format} {img.mode}" + (f", EXIF orientation {img.orientation}"
+                                                            if img.orientation != 1 else "") + ")"
+        source: Iterator[tuple[int, float, np.ndarray | None, bool]] = iter([(0, 0.0, img.rgb, True)])
+        res.height, res.width = img.rgb.shape[:2]
         total = 1
     else:
-        video = _Video(path)
-        native = video.fps
-        res.fps, res.width, res.height = native, video.width, video.height
-        source = video.frames(frame_sampler(native, fps, every), decode_all=want_overlay)
-        total = video.header_frames if video.header_frames > 0 else None
+        video = open_video(path)
+        res.decoder = f"{'OpenCV' if video.backend == 'opencv' else 'PyAV'} ({video.info.describe()})"
+        sample = frame_sampler(fps, every)
+        flags: dict[int, bool] = {}
+
+        def want(i: int, ts: float) -> bool:
+            flags[i] = sample(i, ts)
+            return flags[i] or want_overlay
+
+        source = ((f.index, f.time_s, f.rgb, flags.pop(f.index, False)) for f in video.frames(want))
+        total = video.info.declared_frames or None  # the progress bar's estimate only
     t["decode"] += time.perf_counter() - t0
     scorer = _Scorer(detector, t, keep_frames=want_overlay)
     bar = tqdm(total=total, desc=path.name, unit="frame", leave=False,
                disable=not progress or res.kind == "image" or (total or 0) < 200)
 
-    def annotated() -> Iterator[np.ndarray]:
+    def annotated() -> Iterator[tuple[np.ndarray, float]]:
         current: list[dict] = []  # faces of the last sampled frame (shown on the frames that follow)
         while True:
             t0 = time.perf_counter()
@@ -510,30 +672,18 @@ def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, ev
             t["decode"] += time.perf_counter() - t0
             if item is None:
                 break
-            idx, frame, sampled = item
+            idx, ts, frame, sampled = item
             bar.update(1)
             res.frames_total += 1
+            times.append(ts)
             if frame is not None and (res.width, res.height) == (0, 0):
                 res.height, res.width = frame.shape[:2]
-            if sampled:
+            if sampled and frame is not None:
                 res.frames_sampled += 1
-                t0 = time.perf_counter()
-                rects = find_faces(frame, max_side)
-                boxes = [crop_box(r, frame.shape) for r in rects]
-                t["detect"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                current, crops = [], []
-                for k, (r, b) in enumerate((r, b) for r, b in zip(rects, boxes) if b.size > 0):
-                    face = {"frame": idx, "time_s": 0.0 if math.isnan(native) else round(idx / native, 4),
-                            "face": k, "left": r[0], "top": r[1], "right": r[2], "bottom": r[3],
-                            "box_x": b.x, "box_y": b.y, "box_size": b.size, "p_fake": None, "mask_area": None}
-                    current.append(face)
-                    crops.append(resize_crop(b.crop(frame), detector.image_size))
+                current = _faces_of(frame, idx, ts, partial, detector, res, scorer, t)
                 rows.extend(current)
-                scorer.add(current, crops)
-                t["network"] += time.perf_counter() - t0  # crop + resize: the network's input pipeline
-            if want_overlay:
-                scorer.hold(frame, current)
+            if want_overlay and frame is not None:
+                scorer.hold(frame, current, ts)
             if scorer.due:
                 yield from scorer.flush()
         yield from scorer.flush()
@@ -544,38 +694,84 @@ def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, ev
             first = next(frames, None)
             if first is None:
                 raise MediaError("no decodable frames")
-            _write_overlay(Path(overlay_path), first, frames, res, t)
+            rate = video.info.declared_fps if video is not None else float("nan")
+            _write_overlay(Path(overlay_path), first, frames, res, t, rate if rate > 0 else 25.0)
         else:
             for _ in frames:
                 pass
     finally:
         bar.close()
+        if video is not None:
+            video.close()
     if res.frames_total == 0:
-        raise MediaError("no decodable frames (empty or truncated video)")
-    if res.kind == "video" and video.header_frames > 0 and res.frames_total < video.header_frames - 1:
-        res.warnings.append(f"decoded {res.frames_total} of the {video.header_frames} frames the header announces "
-                            "(truncated or damaged file?)")
+        raise MediaError("no decodable frames")
+    if video is not None:
+        res.fps = mean_fps(times)
+        note = shortfall_note(video.info, times, video.problem)
+        if note:
+            res.warnings.append(note)
+    if res.frames_skipped:
+        res.warnings.append(f"{res.frames_skipped} sampled frame{'s' * (res.frames_skipped != 1)} not searched for "
+                            f"faces: {res.width}x{res.height} is above {MAX_DETECT_PIXELS // 1_000_000} Mpixels, "
+                            "more than dlib can search at training scale here (downscaling would change the crop; "
+                            "crop or downscale the input yourself, keeping faces at least "
+                            f"{facelib.MIN_FACE_PX} px wide)")
 
 
-def _write_overlay(path: Path, first: np.ndarray, rest: Iterator[np.ndarray], res: MediaResult,
-                   t: dict[str, float]) -> None:
+def _faces_of(frame: np.ndarray, idx: int, ts: float, partial: bool, detector: Detector, res: MediaResult,
+              scorer: _Scorer, t: dict[str, float]) -> list[dict]:
+    """Find the faces of one sampled frame (training's :func:`~emdlib.data.faces.find_faces`) and queue their crops."""
+    if frame.shape[0] * frame.shape[1] > MAX_DETECT_PIXELS:
+        res.frames_skipped += 1
+        return []
+    t0 = time.perf_counter()
+    found = [f for f in facelib.find_faces(frame) if f.usable]
+    t["detect"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    current, crops = [], []
+    for k, f in enumerate(found):
+        (l, tp, r, b), box = f.rect, f.box
+        current.append({"frame": idx, "time_s": round(float(ts), 4), "face": k, "left": l, "top": tp, "right": r,
+                        "bottom": b, "box_x": box.x, "box_y": box.y, "box_size": box.size, "p_fake": None,
+                        "mask_area": None, "partial": bool(partial)})
+        crops.append(resize_crop(box.crop(frame), detector.image_size))
+    scorer.add(current, crops)
+    t["network"] += time.perf_counter() - t0  # crop + resize: the network's input pipeline
+    return current
+
+
+def _write_overlay(path: Path, first: tuple[np.ndarray, float], rest: Iterator[tuple[np.ndarray, float]],
+                   res: MediaResult, t: dict[str, float], rate: float) -> None:
     t0 = time.perf_counter()
     busy0 = sum(v for k, v in t.items() if k != "write")
     if res.kind == "image":
         with atomic_path(path, suffix=path.suffix or ".png") as tmp:
-            if not cv2.imwrite(str(tmp), cv2.cvtColor(first, cv2.COLOR_RGB2BGR)):
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(first[0], cv2.COLOR_RGB2BGR)):
                 raise MediaError(f"{path}: could not write the overlay image")
     else:
-        def timed() -> Iterator[np.ndarray]:
-            yield _even(first)
-            for f in rest:  # the generator scores frames as the writer pulls them; their time is counted there
-                yield _even(f)
+        def placed() -> Iterator[np.ndarray]:
+            # frame k fills the output slots from round(t_k · rate) up to the next frame's slot (at least the last)
+            prev, prev_slot = None, 0
+            for frame, ts in _chain_first(first, rest):  # the generator scores frames as the writer pulls them
+                slot = max(0, int(round(ts * rate)))
+                if prev is not None:
+                    for _ in range(slot - prev_slot):
+                        yield prev
+                    prev_slot = max(prev_slot, slot)
+                prev = _even(frame)
+            if prev is not None:
+                yield prev
 
-        write_video(path, timed(), crf=18, fps=max(1, round(res.fps)))
+        write_video(path, placed(), crf=18, fps=rate)
     # the writer pulls frames through the whole pipeline: count only the time not already booked elsewhere
     busy = sum(v for k, v in t.items() if k != "write") - busy0
     t["write"] += max(0.0, time.perf_counter() - t0 - busy)
     res.outputs["overlay"] = str(path)
+
+
+def _chain_first(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
 
 
 # -- batch API --------------------------------------------------------------------------------------------------------
@@ -610,35 +806,48 @@ def detect(
     overlay: bool = False,
     device: str | None = None,
     batch_size: int = 32,
-    detect_max_side: int | None = DETECT_MAX_SIDE,
     progress: bool = True,
 ) -> list[MediaResult]:
     """Score every input (files or folders) with a detector; what ``emd detect`` runs.
 
-    With ``out_dir``, per input ``<name>.csv`` (the rows), ``<name>.json`` (summary, warnings, timings and rows;
-    written for failed inputs too, with the error) and, with ``overlay``, ``<name>.overlay.mp4|png``; plus
-    ``summary.csv`` with one line per input. ``<name>`` is the input's file name (extension kept), or its path
-    relative to the folder it was found in. ``checkpoint`` may be a loaded :class:`Detector`.
+    With ``out_dir``, per input ``<name>.csv`` (the rows), ``<name>.json`` (summary, warnings, timings, the model's
+    provenance and rows; written for failed inputs too, with the error) and, with ``overlay``,
+    ``<name>.overlay.mp4|png``; plus ``summary.csv`` with one line per input. ``<name>`` is the input's file name
+    (extension kept), or its path relative to the folder it was found in. ``out_dir`` is marked
+    (:data:`OUTPUT_MARKER`) and never read as input, wherever it is, so re-running in the same folder gives the same
+    outputs. A folder that cannot be listed and a link that cannot be followed become error results naming the real
+    cause. ``checkpoint`` may be a loaded :class:`Detector`; its :meth:`Detector.describe` lines are logged.
     """
-    frame_sampler(25.0, fps, every)  # validate (fps or every, not both; positive) before loading anything
+    frame_sampler(fps, every)  # validate (fps or every, not both; positive) before loading anything
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     det = checkpoint if isinstance(checkpoint, Detector) else Detector.from_checkpoint(checkpoint, device, batch_size)
-    items = list(iter_media(paths))
+    for line in det.describe():
+        (log.warning if line.startswith("WARNING") else log.info)("%s", line.removeprefix("WARNING: "))
     out = Path(out_dir) if out_dir is not None else None
+    items = list(iter_media(paths, exclude=[out] if out is not None and out.is_dir() else []))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        marker = out / OUTPUT_MARKER
+        if not marker.exists():
+            write_text(marker, "Outputs of `emd detect`: this folder is never read as input.\n")
     used: set[str] = set()
     results: list[MediaResult] = []
-    for path, folder in tqdm(items, desc="detect", unit="file", disable=not progress or len(items) < 2):
-        stem = _output_stem(path, folder, used)
-        ov = out / f"{stem}.overlay{overlay_suffix(path)}" if (overlay and out is not None) else None
-        res = detect_file(path, det, fps=fps, every=every, overlay_path=ov, detect_max_side=detect_max_side,
-                          progress=progress)
+    for item in tqdm(items, desc="detect", unit="file", disable=not progress or len(items) < 2):
+        stem = _output_stem(item.path, item.folder, used)
+        if item.problem is not None:
+            res = MediaResult(path=item.path, kind="folder" if "folder" in item.problem else media_kind(item.path),
+                              error=item.problem, model=dict(det.provenance))
+            log.warning("%s: %s", item.path, item.problem)
+        else:
+            ov = out / f"{stem}.overlay{overlay_suffix(item.path)}" if (overlay and out is not None) else None
+            res = detect_file(item.path, det, fps=fps, every=every, overlay_path=ov, progress=progress)
         if out is not None:
             _write_result(out, stem, res)
         results.append(res)
     if out is not None:
         summary = pd.DataFrame([{k: v for k, v in r.to_dict(with_rows=False).items()
-                                 if k not in ("timings_s", "outputs", "warnings")}
+                                 if k not in ("timings_s", "outputs", "warnings", "model")}
                                 | {"warnings": "; ".join(r.warnings), **{f"out_{k}": v for k, v in r.outputs.items()}}
                                 for r in results])
         write_csv(out / "summary.csv", summary)

@@ -19,10 +19,12 @@ from conftest import shared_path
 
 from emdlib import cli
 from emdlib.baselines.mesonet import Meso4, MesoInception4
-from emdlib.data.faces import crop_box, detect_faces
+from emdlib import detect as detect_mod
+from emdlib.data.faces import crop_box, detect_faces, find_faces
+from emdlib.data.images import read_image
 from emdlib.data.video import count_frames, read_frames, write_video
 from emdlib.detect import (EXIT_ALL_READ, EXIT_NONE_READ, EXIT_PARTIAL, ROW_COLUMNS, Detector, detect, detect_file,
-                           exit_code, find_faces, frame_sampler, read_image, resize_crop)
+                           exit_code, frame_sampler, resize_crop)
 from emdlib.models.registry import build_model, mesonet_from_h5, model_spec, save_detector
 
 FFPP = ("data", "ffpp-mini")
@@ -152,16 +154,20 @@ def test_checkpoint_without_image_size_is_refused(tmp_path):
 
 # -- sampling and faces -----------------------------------------------------------------------------------------
 def test_frame_sampler_by_every_and_fps():
-    pick = lambda s, n=26: [i for i in range(n) if s(i)]  # noqa: E731
-    assert pick(frame_sampler(25, every=10)) == [0, 10, 20]
-    assert pick(frame_sampler(25, fps=5)) == [0, 5, 10, 15, 20, 25]
+    pick = lambda s, n=26, rate=25: [i for i in range(n) if s(i, i / rate)]  # noqa: E731
+    assert pick(frame_sampler(every=10)) == [0, 10, 20]
+    assert pick(frame_sampler(fps=5)) == [0, 5, 10, 15, 20, 25]
     # 10 of 25 fps: the first frame of each 0.1 s interval (i·0.4 crosses an integer)
-    assert pick(frame_sampler(25, fps=10), 13) == [0, 3, 5, 8, 10]
-    assert pick(frame_sampler(25, fps=60), 5) == [0, 1, 2, 3, 4]
+    assert pick(frame_sampler(fps=10), 13) == [0, 3, 5, 8, 10]
+    assert pick(frame_sampler(fps=60), 5) == [0, 1, 2, 3, 4]
+    # variable frame rate: sampling follows the frames' times, not their indices
+    times = [0.0, 0.04, 0.08, 0.5, 0.55, 1.0, 1.6, 1.62]
+    s = frame_sampler(fps=2)
+    assert [i for i, t in enumerate(times) if s(i, t)] == [0, 3, 5, 6]
     with pytest.raises(ValueError):
-        frame_sampler(25, fps=5, every=2)
+        frame_sampler(fps=5, every=2)
     with pytest.raises(ValueError):
-        frame_sampler(25, every=0)
+        frame_sampler(every=0)
 
 
 def test_video_rows_match_independent_face_count_and_overlay(clips, emd_detector, tmp_path):
@@ -173,7 +179,7 @@ def test_video_rows_match_independent_face_count_and_overlay(clips, emd_detector
     frames = read_frames(clips["fake"], [0, 6, 12, 18])
     expected = [(i, k) for i in sorted(frames) for k in range(len(detect_faces(frames[i])))]
     assert list(zip(res.rows["frame"], res.rows["face"])) == expected and len(expected) >= 4
-    assert list(res.rows.columns) == list(ROW_COLUMNS)
+    assert list(res.rows.columns) == list(ROW_COLUMNS) and not res.rows["partial"].any()
     assert res.rows["p_fake"].between(0, 1).all() and res.rows["mask_area"].between(0, 1).all()
     assert res.rows["time_s"].tolist() == [i / 25 for i, _ in expected]
     # the same crops scored one by one give the same probabilities (batching does not change results)
@@ -220,7 +226,8 @@ def test_truncated_video_without_index_is_an_error(clips, meso, tmp_path):
     data = clips["real"].read_bytes()
     p = _bad(tmp_path, "cut.mp4", data[: len(data) // 2])  # the moov index is at the end: lost
     res = detect_file(p, meso)
-    assert not res.ok and "cannot be opened as a video" in res.error and res.rows.empty
+    assert not res.ok and res.rows.empty
+    assert res.error.startswith("not a playable video: its MP4/MOV index (moov atom) is missing")
 
 
 def test_truncated_streamable_video_is_read_with_a_warning(face_rgb, meso, tmp_path):
@@ -239,7 +246,7 @@ def test_truncated_streamable_video_is_read_with_a_warning(face_rgb, meso, tmp_p
     cut = _bad(tmp_path, "cut_faststart.mp4", data[: int(len(data) * 0.6)])
     res = detect_file(cut, meso, every=5)
     assert res.ok and 0 < res.frames_total < 30
-    assert any("header announces" in w for w in res.warnings) and "warning" in res.summary()
+    assert any("the file looks truncated or damaged" in w for w in res.warnings) and "warning" in res.summary()
 
 
 def test_zero_length_video_and_image(meso, tmp_path):
@@ -253,7 +260,7 @@ def test_files_that_are_not_media(meso, tmp_path):
     assert not res.ok and "not a supported image or video" in res.error and "'.txt'" in res.error
     rnd = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     res = detect_file(_bad(tmp_path, "noise.mp4", rnd), meso)
-    assert not res.ok and "cannot be opened as a video" in res.error
+    assert not res.ok and res.error.startswith("not a video: the data are in no container format")
     res = detect_file(_bad(tmp_path, "noise.png", rnd), meso)
     assert not res.ok and "not a readable image" in res.error
     res = detect_file(tmp_path / "absent.jpg", meso)
@@ -265,7 +272,8 @@ def test_image_without_face_is_read_and_says_so(meso, tmp_path):
     p = tmp_path / "gradient.png"
     cv2.imwrite(str(p), img)
     res = detect_file(p, meso)
-    assert res.ok and res.faces == 0 and math.isnan(res.score) and res.summary().endswith("no face found")
+    assert res.ok and res.faces == 0 and math.isnan(res.score)
+    assert res.summary().endswith("no face found (faces narrower than ~40 px are not found at training scale)")
     assert exit_code([res]) == EXIT_ALL_READ
 
 
@@ -286,28 +294,37 @@ def test_grey_rgba_and_16bit_images(variant, face_rgb, meso, tmp_path):
     assert cv2.imread(str(tmp_path / f"{variant}.overlay.png")).shape == (512, 512, 3)
 
 
-def test_huge_image_detects_on_a_downscaled_copy(face_rgb, meso, tmp_path):
+def test_huge_image_is_searched_at_training_scale(face_rgb, meso, tmp_path):
+    """A 6000×4000 photo: detected at full resolution with the function prepare uses, so the box is training's."""
     scale = 4000 / 512
     big = np.zeros((4000, 6000, 3), np.uint8)
     big[:, 1000:5000] = cv2.resize(face_rgb, (4000, 4000), interpolation=cv2.INTER_LINEAR)
     p = tmp_path / "huge.jpg"
     cv2.imwrite(str(p), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
     (l0, t0, r0, b0), = detect_faces(face_rgb)
-    small = cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (1280, 853), interpolation=cv2.INTER_AREA)
-    (ls, ts, rs, bs), = detect_faces(small)  # what find_faces sees (longest side 1280)
     res = detect_file(p, meso)
-    assert res.ok and (res.width, res.height) == (6000, 4000) and res.faces == 1
+    assert res.ok and (res.width, res.height) == (6000, 4000) and res.faces == 1 and not res.warnings
     r = res.rows.iloc[0]
-    # mapped back to full resolution: ×6000/1280 on both axes, to the pixel
-    assert abs(r.left - ls * 6000 / 1280) <= 1 and abs(r.right - rs * 6000 / 1280) <= 1
-    assert abs(r.top - ts * 6000 / 1280) <= 1 and abs(r.bottom - bs * 6000 / 1280) <= 1
+    (face,) = find_faces(read_image(p))  # what prepare would crop from this frame
+    assert (r.left, r.top, r.right, r.bottom) == face.rect
+    assert (r.box_x, r.box_y, r.box_size) == (face.box.x, face.box.y, face.box.size)
     # and it is the photo's face: within 15% of the face size of its box in the 512² original, scaled up
     side = (r0 - l0) * scale
     for got, want in ((r.left, 1000 + l0 * scale), (r.top, t0 * scale), (r.right, 1000 + r0 * scale),
                       (r.bottom, b0 * scale)):
         assert abs(got - want) < 0.15 * side
-    assert r.box_size > 1500 and r.box_x + r.box_size <= 6000 and r.box_y + r.box_size <= 4000
-    assert find_faces(big) == [(r.left, r.top, r.right, r.bottom)]
+
+
+def test_frame_above_the_detection_limit_is_skipped_and_said(face_rgb, meso, tmp_path, monkeypatch):
+    monkeypatch.setattr(detect_mod, "MAX_DETECT_PIXELS", 100_000)  # 512² = 262 144 pixels
+    p = tmp_path / "face.png"
+    cv2.imwrite(str(p), cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR))
+    res = detect_file(p, meso)
+    assert res.ok and res.faces == 0 and res.frames_skipped == 1
+    assert res.warnings == ["1 sampled frame not searched for faces: 512x512 is above 0 Mpixels, more than dlib can "
+                            "search at training scale here (downscaling would change the crop; crop or downscale "
+                            "the input yourself, keeping faces at least 40 px wide)"]
+    assert "no face found (warning: 1 sampled frame not searched" in res.summary()
 
 
 # -- the command ---------------------------------------------------------------------------------------------------
@@ -327,15 +344,17 @@ def test_cli_exit_codes_and_summary_lines(face_rgb, tmp_path, capsys):
 
     assert cli.main(["detect", str(good), "--checkpoint", ck, "--out", out]) == EXIT_ALL_READ
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{good}: image 512x512, 1 face, p(fake)=")
+    assert len(lines) == 2 and lines[1].startswith(f"{good}: image 512x512, 1 face, p(fake)=")
+    assert lines[0] == (f"model: meso4 ({ck}), input 256x256, training data unknown (the checkpoint does not record "
+                        "it), validation accuracy not recorded")
     strict = json.loads((tmp_path / "out" / "face.jpg.json").read_text(),
                         parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert strict["faces"] == 1 and strict["rows"][0]["mask_area"] is None  # Meso-4 has no mask
 
     assert cli.main(["detect", str(good), str(bad), "--checkpoint", ck, "--out", out]) == EXIT_PARTIAL == 3
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[1] == f"{bad}: ERROR cannot be opened as a video (not a media file, or truncated)"
-    assert json.loads((tmp_path / "out" / "bad.mp4.json").read_text())["error"].startswith("cannot be opened")
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 2 and lines[1].startswith(f"{bad}: ERROR not a video: the data are in no container format")
+    assert json.loads((tmp_path / "out" / "bad.mp4.json").read_text())["error"].startswith("not a video")
 
     assert cli.main(["detect", str(bad), str(tmp_path / "absent.png"), "--checkpoint", ck, "--out", out]) \
         == EXIT_NONE_READ == 1
@@ -356,7 +375,8 @@ def test_official_mesonet_h5_end_to_end(clips, tmp_path, capsys):
     assert type(mesonet_from_h5(weights / "MesoInception_F2F.h5").features[0]).__name__ == "InceptionLayer"
     code = cli.main(["detect", str(samples), str(clips["fake"]), "--checkpoint", str(weights / "Meso4_DF.h5"),
                      "--every", "10", "--out", str(tmp_path / "out"), "--overlay"])
-    lines = capsys.readouterr().out.splitlines()
+    model, *lines = capsys.readouterr().out.splitlines()
+    assert model.startswith("model: MesoNet (official Keras weights) (") and "trained on the MesoNet authors'" in model
     assert code == 0 and len(lines) == 5 and all("p(fake)=" in line for line in lines)
     scores = {line.split(":")[0].rsplit("/", 1)[-1]: float(line.split("p(fake)=")[1].split()[0]) for line in lines}
     # the official Deepfakes weights put the two Deepfakes samples above the two real ones
@@ -365,3 +385,42 @@ def test_official_mesonet_h5_end_to_end(clips, tmp_path, capsys):
     assert len(df) == len(real) == 2 and min(df) > max(real)
     assert count_frames(tmp_path / "out" / "fake.mp4.overlay.mp4") == N_FRAMES
     assert (tmp_path / "out" / "df").is_dir()  # folder structure mirrored
+
+
+# -- what the user trusts ----------------------------------------------------------------------------------------
+def test_model_line_reads_sidecar_and_run_record_and_warns_for_synthetic(tmp_path, monkeypatch):
+    """A checkpoint in the study layout: preset and data world from the run record that names it, validation
+    accuracy from the sidecar; a synthetic-world model gets a WARNING line."""
+    from emdlib.checkpoint import save_checkpoint
+
+    run = "meso4__Face2Face__c23__s0"
+    ck = tmp_path / "data" / "cpu" / "checkpoints" / "runs" / run / "best.safetensors"
+    ck.parent.mkdir(parents=True)
+    save_checkpoint(ck, Meso4().state_dict(), {"model": model_spec("meso4"), "image_size": 64, "epoch": 3,
+                                               "val": {"accuracy": 0.65, "loss": 0.6}})
+    record = tmp_path / "results" / "cpu" / "runs" / run / "metrics.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"run": run, "checkpoint": str(ck), "method": "Face2Face", "compression": "c23",
+                                  "metrics": {"accuracy": 0.7},
+                                  "config": {"preset": {"name": "cpu", "data": {"world": "synth"}}}}))
+    monkeypatch.chdir(tmp_path / "data")  # the run record is found beside the data folder, not through the cwd
+    det = Detector.from_checkpoint(ck, device="cpu")
+    assert det.provenance["world"] == "synth" and det.provenance["synthetic"]
+    assert det.describe() == [
+        f"model: meso4 ({ck}), input 64x64, trained on the synthetic world (rendered faces), preset cpu, Face2Face "
+        f"c23, validation accuracy 0.650 (epoch 3), test accuracy 0.700, provenance: run record {record}",
+        "WARNING: this model was trained on the synthetic world (rendered cartoon faces, not real people): its "
+        "scores on real photos and videos say nothing about manipulation"]
+    # a run record that names another checkpoint is not trusted: the folder's preset is, and says so
+    record.write_text(json.dumps({"checkpoint": str(tmp_path / "other.safetensors")}))
+    prov = Detector.from_checkpoint(ck, device="cpu").provenance
+    assert prov["preset"] == "cpu" and prov["world"] == "synth" and prov["test_accuracy"] is None
+    assert prov["source"] == "inferred from the checkpoint's folder (preset 'cpu')"
+    # what the trainer wrote into the sidecar comes first; a FaceForensics++ model gets no warning
+    elsewhere = tmp_path / "m.safetensors"
+    save_checkpoint(elsewhere, Meso4().state_dict(), {"model": model_spec("meso4"), "image_size": 256,
+                                                      "preset": "paper", "method": "NeuralTextures",
+                                                      "compression": "c40", "val": {"accuracy": 0.9}})
+    lines = Detector.from_checkpoint(elsewhere, device="cpu").describe()
+    assert lines == [f"model: meso4 ({elsewhere}), input 256x256, trained on FaceForensics++, preset paper, "
+                     "NeuralTextures c40, validation accuracy 0.900"]

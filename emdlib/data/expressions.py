@@ -26,11 +26,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from emdlib.data.images import ImageError, read_image
 from emdlib.data.transforms import ESR_SIZE, esr_input, to_tensor
 
 log = logging.getLogger(__name__)
@@ -282,9 +282,10 @@ def stratified_split(
 
 def read_face(sample: ExpressionSample) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` of a sample, face box cropped; a clear error names an unreadable file or bad box."""
-    img = cv2.imread(str(sample.path), cv2.IMREAD_COLOR)  # grey files are expanded to 3 channels
-    if img is None:
-        raise ValueError(f"{sample.path}: missing or unreadable image")
+    try:  # the one image reader: upright (EXIF), grey expanded to 3 channels, truncated files logged
+        img = read_image(sample.path)
+    except ImageError as e:  # the message names the file and why (missing, permission denied, not an image...)
+        raise ValueError(str(e)) from None
     if sample.box is not None:
         b = sample.box
         h, w = img.shape[:2]
@@ -293,7 +294,7 @@ def read_face(sample: ExpressionSample) -> np.ndarray:
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"{sample.path}: face box {b} lies outside the {w}x{h} image")
         img = img[y0:y1, x0:x1]
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
 
 
 class ExpressionDataset(Dataset):

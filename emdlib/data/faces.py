@@ -1,7 +1,9 @@
 """Face detection, the FF++ crop box and 68-point landmarks (reference-facts §B.4).
 
-* Detection: dlib's frontal HOG detector on the greyscale frame with one up-sampling, as FF++'s
-  ``detect_from_video.py``.
+* Detection: dlib's frontal HOG detector on the full-resolution greyscale frame with one up-sampling, as FF++'s
+  ``detect_from_video.py``. :func:`find_faces` is the one "faces of a frame" function: ``emd prepare`` (training's
+  crops) and ``emd detect`` (inference) both call it, so a model sees at inference the crop its training protocol
+  makes. dlib's 80-px window at one up-sampling finds faces down to about 40 px wide (:data:`MIN_FACE_PX`).
 * Box: square of side ``int(max(w, h) * 1.3)`` centred on the detection, top-left clipped to the frame, side shrunk
   to fit (FF++ ``get_boundingbox``).
 * Landmarks: dlib's 68-point shape predictor (iBUG 300-W order), whose model file ships in the
@@ -19,6 +21,9 @@ import cv2
 import numpy as np
 
 CROP_SCALE = 1.3
+UPSAMPLE = 1  # dlib up-samplings of the frame before detection (FF++ detect_from_video.py)
+MIN_FACE_PX = 40  # dlib's 80×80 HOG window at one up-sampling: smaller faces are not found
+MIN_BOX = 8  # pixels; smaller boxes (detections mostly outside the frame) are degenerate
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,35 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
 
 
-def detect_faces(image: np.ndarray, upsample: int = 1) -> list[tuple[int, int, int, int]]:
+def detect_faces(image: np.ndarray, upsample: int = UPSAMPLE) -> list[tuple[int, int, int, int]]:
     """dlib frontal detections on an RGB (or grey) uint8 image as ``(left, top, right, bottom)``, largest first."""
     rects = _detector()(_grey(image), upsample)
     boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
     return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face: dlib's rectangle ``(left, top, right, bottom)`` and the FF++ crop box made from it."""
+
+    rect: tuple[int, int, int, int]
+    box: Box
+
+    @property
+    def usable(self) -> bool:
+        """The box is at least :data:`MIN_BOX` pixels (not a detection mostly outside the frame)."""
+        return self.box.size >= MIN_BOX
+
+
+def find_faces(frame: np.ndarray) -> list[Face]:
+    """Every face of an RGB (or grey) uint8 frame as training's protocol finds and crops it, largest first.
+
+    dlib's frontal detector on the full-resolution grey frame with :data:`UPSAMPLE` up-sampling and FF++'s square
+    box (:func:`crop_box`, 1.3 × the larger side, clipped to the frame) — reference-facts §B.4. ``emd prepare`` keeps
+    the largest face, ``emd detect`` scores every usable one. Faces narrower than about :data:`MIN_FACE_PX` pixels
+    are not found.
+    """
+    return [Face(r, crop_box(r, frame.shape)) for r in detect_faces(frame, UPSAMPLE)]
 
 
 def crop_box(rect: tuple[int, int, int, int], frame_shape: tuple[int, ...], scale: float = CROP_SCALE) -> Box:

@@ -106,7 +106,7 @@ def load_splits(splits_dir: str | os.PathLike) -> dict[str, list[tuple[str, str]
         path = splits_dir / f"{split}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: split file missing (expected a JSON list of [id, id] pairs)")
-        data = read_json(path)
+        data = _read_json(path)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of [id, id] pairs, got {type(data).__name__}")
         pairs = []
@@ -121,6 +121,38 @@ def load_splits(splits_dir: str | os.PathLike) -> dict[str, list[tuple[str, str]
             pairs.append((entry[0], entry[1]))
         out[split] = pairs
     return out
+
+
+def _read_json(path: Path) -> object:
+    """:func:`emdlib.io.read_json`, with bytes that are not UTF-8 and OS errors also named by file and cause."""
+    try:
+        return read_json(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 JSON text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        from emdlib.data.media import os_reason
+
+        raise ValueError(f"{path}: cannot be read: {os_reason(e, path)}") from None
+
+
+#: Data worlds a ``world.json`` may declare (synth and forge write it; a real FF++ copy has none).
+WORLDS: tuple[str, ...] = ("synth", "faces", "ffpp")
+
+
+def read_world(root: str | os.PathLike) -> dict | None:
+    """``<root>/world.json`` — what synth or forge wrote about the world (``world``: one of :data:`WORLDS`, seed,
+    pairs, counts, ...) — or None when the root has none (a real FF++ copy). Raises ValueError naming the file for
+    invalid JSON, text that is not UTF-8, a top level that is not an object, or a missing/unknown ``world``."""
+    path = Path(root) / "world.json"
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object describing the world, got {type(data).__name__}")
+    world = data.get("world")
+    if world not in WORLDS:
+        raise ValueError(f"{path}: 'world' is {world!r}; expected one of {list(WORLDS)}")
+    return data
 
 
 def split_ids(pairs: Iterable[Sequence[str]]) -> tuple[list[str], list[str]]:
@@ -172,6 +204,11 @@ class FFPP:
             reals, fakes = split_ids(pairs)
             for v in reals + fakes:
                 self._split_of[v] = split
+
+    @property
+    def world(self) -> dict | None:
+        """The root's ``world.json`` (:func:`read_world`): which generator made it and how; None for real FF++."""
+        return read_world(self.root)
 
     def __repr__(self) -> str:
         counts = {s: len(p) for s, p in self.splits.items()}

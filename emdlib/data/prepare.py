@@ -5,10 +5,11 @@ Protocol
 --------
 * **Frames** (paper §IV-A): ``cfg.train_frames`` per training video (paper: 200), ``cfg.eval_frames`` per
   validation/test video (paper: 10), evenly spaced: frame ``floor((i + 0.5) * n / k)`` for ``i < k`` — the centres
-  of ``k`` equal segments of the video's ``n`` frames (container header count, see :func:`frame_count`); all frames
-  when ``n <= k``. A fake is sampled over its own frame count (FaceSwap fakes can be shorter, §B.6).
-* **Faces** (§B.4): dlib's frontal detector (``faces.detect_faces``, largest face) on the **pristine** frame; FF++'s
-  square box of 1.3 × the larger side (``faces.crop_box``). A fake ``<t>_<s>`` is frame-aligned with its target
+  of ``k`` equal segments of the ``n`` frames the decoder delivers (:func:`frame_count`; never the container header,
+  which counts frames an edit list hides and frames a truncated file lost); all frames when ``n <= k``. A fake is sampled over its own frame count (FaceSwap fakes can be shorter, §B.6).
+* **Faces** (§B.4): ``faces.find_faces`` (dlib's frontal detector at full resolution, one up-sampling; FF++'s
+  square box of 1.3 × the larger side), largest face, on the **pristine** frame — the same function ``emd detect``
+  uses. A fake ``<t>_<s>`` is frame-aligned with its target
   ``t`` (§B.2, §B.6), so it is cropped with ``t``'s box of the same frame index: every frame index of a pristine
   video is detected once, for all compressions and methods, and the boxes are kept in ``<cache>/boxes/<t>.json`` so
   that a rerun never detects again. Detection uses the best requested compression of the pristine video on disk
@@ -49,7 +50,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -84,7 +85,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "split", "method", "compression", "video", "frame", "status", "reason",
     "box_x", "box_y", "box_size", "row", "n_frames",
 )
-MIN_BOX = 8  # pixels; smaller boxes (detections mostly outside the frame) count as no face
+MIN_BOX = faces.MIN_BOX  # pixels; smaller boxes (detections mostly outside the frame) count as no face
 
 
 # ---------------------------------------------------------------------------------------------------------- basics
@@ -113,25 +114,14 @@ def _resize_mask(binary: np.ndarray, size: int) -> np.ndarray:
 
 
 def frame_count(path: str | os.PathLike) -> int:
-    """Frame count of a video from its container header, by decoding when the header has none.
+    """Number of frames of a video, counted by decoding them (:func:`emdlib.data.video.count_frames`).
 
-    Reading the header instead of decoding saves one full decoding pass per video (decoding is, after detection,
-    the main cost of prepare). A file whose data end before the header's count (truncated with its index intact)
-    shows up as ``unreadable_frame`` rows for the missing sampled frames, so nothing is lost silently.
+    The container header is not used: an MP4 cut losslessly keeps an edit list whose header counts every frame
+    of the kept GOPs (127) while only the frames inside the edit play (27), and a truncated file's header counts
+    frames that are gone. Sampling over the header count would ask for frames that never decode. Raises
+    :class:`emdlib.data.video.VideoError` naming the file and the problem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise vio.VideoError(f"{path}: no such video file")
-    if path.stat().st_size == 0:
-        raise vio.VideoError(f"{path}: empty file (0 bytes)")
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise vio.VideoError(f"{path}: cannot be opened as a video (not a media file or truncated)")
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        cap.release()
-    return n if n > 0 else vio.count_frames(path)
+    return vio.count_frames(path)
 
 
 # ----------------------------------------------------------------------------------------------------------- jobs
@@ -177,8 +167,10 @@ class _Boxes:
         # decoded a second time
         self.crops: dict[int, np.ndarray] = {}
 
-    def ensure(self, indices: Iterable[int]) -> None:
-        """Detect the faces of the pristine frames in ``indices`` not detected yet."""
+    def ensure(self, indices: Iterable[int], count: Callable[[str], int] | None = None) -> None:
+        """Detect the faces of the pristine frames in ``indices`` not detected yet (``count``: the frame counter,
+        :func:`frame_count` or one that remembers the group's counts)."""
+        count = count or frame_count
         wanted = sorted(set(int(i) for i in indices))
         if self.data is not None and not Path(self.data["path"]).is_file():
             log.warning("%s: detection source %s moved; detecting again", self.path, self.data["path"])
@@ -196,7 +188,7 @@ class _Boxes:
         errors = []
         for comp, path in self.group.pristine:
             try:
-                n = frame_count(path)
+                n = count(path)
             except vio.VideoError as e:
                 errors.append(str(e))
                 continue
@@ -218,8 +210,8 @@ class _Boxes:
                 self.data["bad"].append(i)
                 continue
             self.data["shape"] = list(img.shape[:2])
-            rects = faces.detect_faces(img)
-            box = faces.crop_box(rects[0], img.shape) if rects else None
+            found = faces.find_faces(img)
+            box = found[0].box if found else None
             self.data["boxes"][str(i)] = None if box is None else box.as_list()
             if box is not None and box.size >= MIN_BOX:
                 self.crops[i] = faces.resize_crop(box.crop(img), self.group.crop_size)
@@ -246,17 +238,30 @@ class _Boxes:
 
 def _process_group(group: _Group) -> list[dict[str, Any]]:
     """Cache every video of ``group``; return one result per video (``persisted`` False for crashed videos)."""
-    # 1. plan: frame count and sampled indices of every video
+    # 1. plan: frame count (decoded: each video is decoded once to count it) and sampled indices of every video
+    counted: dict[str, int | vio.VideoError] = {}
+
+    def count(path: str) -> int:
+        if path not in counted:
+            try:
+                counted[path] = frame_count(path)
+            except vio.VideoError as e:
+                counted[path] = e
+        n = counted[path]
+        if isinstance(n, vio.VideoError):
+            raise n
+        return n
+
     plans: dict[int, tuple[int, list[int]] | str] = {}
     for j, item in enumerate(group.items):
         try:
-            n = frame_count(item.path)
+            n = count(item.path)
             plans[j] = (n, sample_indices(n, group.k))
         except vio.VideoError as e:
             plans[j] = str(e)
     # 2. detect once on the pristine frames that any video needs
     boxes = _Boxes(group)
-    boxes.ensure(i for p in plans.values() if not isinstance(p, str) for i in p[1])
+    boxes.ensure((i for p in plans.values() if not isinstance(p, str) for i in p[1]), count)
     # 3. crop each video (masks cached across compressions: the same mask serves c23 and c40, §B.6)
     mask_cache: dict[tuple, _MaskCrops] = {}
     results = []
