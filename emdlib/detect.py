@@ -400,14 +400,16 @@ def iter_media(paths: Iterable[str | os.PathLike], exclude: Iterable[str | os.Pa
             log.warning("%s: skipped, it is an output folder of emd detect", p)
             continue
         found: list[MediaItem] = []
-        other = 0
+        other: list[Path] = []
         for item in _walk(p, excluded, set()):
             if item.problem is None and media_kind(item.path) == "unknown":
-                other += 1
+                other.append(item.path)
             else:
                 found.append(MediaItem(item.path, p, item.problem))
         if other:
-            log.info("%s: skipping %d files that are neither images nor videos", p, other)
+            shown = ", ".join(str(o.relative_to(p)) for o in sorted(other)[:10])
+            more = f" and {len(other) - 10} more" if len(other) > 10 else ""
+            log.info("%s: skipping %d file(s) that are neither images nor videos: %s%s", p, len(other), shown, more)
         if not found:
             log.warning("%s: folder holds no image or video files", p)
         yield from sorted(found, key=lambda m: m.path.as_posix())

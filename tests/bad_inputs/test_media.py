@@ -371,6 +371,19 @@ def test_small_face_in_a_large_frame_is_found(face, meso, tmp_path):
 
 
 # -- folders, links, permissions (kind 4 and 8) --------------------------------------------------------------------
+def test_skipped_files_in_a_folder_are_named(ckpt, tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not media")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "clip.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhi\n")
+    with caplog.at_level(logging.INFO):
+        code = cli.main(["detect", str(folder), "--checkpoint", ckpt, "--out", str(tmp_path / "out")])
+    assert code == EXIT_NONE_READ
+    assert any(f"{folder}: skipping 2 file(s) that are neither images nor videos: notes.txt, sub/clip.srt"
+               in r.getMessage() for r in caplog.records)
+
+
 def test_empty_folder_exits_1_and_names_it(ckpt, tmp_path, capsys, caplog):
     empty = tmp_path / "nothing here"
     empty.mkdir()
