@@ -1,7 +1,10 @@
 """``emd reproduce``: run the numbered notebooks in order with papermill (the whole study for one preset).
 
-Each notebook receives ``preset``, ``data_root`` and ``results_root`` in its ``parameters`` cell; executed copies go
-to ``results/<preset>/notebooks/``. Notebooks are stored without outputs; only the executed copies carry them.
+The study is opened once (:meth:`emdlib.study.Study.open`) and its parameters (:data:`emdlib.study.STUDY_PARAMETERS`:
+``preset``, ``data_root``, ``results_root`` and the study's overrides) go to every notebook's ``parameters`` cell, so
+each notebook reopens the same study; executed copies go to ``results/<preset>/notebooks/``. Notebooks are stored
+without outputs; only the executed copies carry them. Notebook 00 is the data stage and 01 the FER-stream stage;
+when ``only`` leaves them out, they are ensured here first (:func:`emdlib.study.ensure_stages`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from emdlib.io import read_json, write_json
-from emdlib.presets import get_preset, results_dir
+from emdlib.study import STUDY_OVERRIDES, Study, ensure_stages
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +41,20 @@ def reproduce(
     """Execute the notebooks for ``preset``; return the wall time of each (``timings.json``, updated as each ends).
 
     ``only`` restricts the run to notebooks whose name starts with one of the given prefixes (e.g. ``["00", "01"]``).
+    ``extra_parameters`` named in :data:`emdlib.study.STUDY_OVERRIDES` open the study with them.
     """
     import papermill as pm
 
-    get_preset(preset)  # fail early on an unknown name
-    out_dir = results_dir(preset, results_root) / "notebooks"
+    extra = dict(extra_parameters or {})
+    study = Study.open(preset, data_root, results_root, **{k: extra.pop(k) for k in STUDY_OVERRIDES if k in extra})
+    out_dir = study.paths.results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {
-        "preset": preset,
-        "data_root": str(Path(data_root).resolve()),
-        "results_root": str(Path(results_root).resolve()),
-        **(extra_parameters or {}),
-    }
+    params = {**study.parameters(), **extra}
     selected = [nb for nb in notebooks(notebook_dir) if not only or any(nb.name.startswith(p) for p in only)]
+    ensure_stages(study, [nb.name[:2] for nb in selected])
     # timings.json holds this run's times as they come (notebook 07 reports them) and, for the notebooks not run
     # now (--only), their earlier times; the entries of the notebooks about to run are dropped first, never stale
-    timings_path = results_dir(preset, results_root) / "timings.json"
+    timings_path = study.paths.results / "timings.json"
     previous = read_json(timings_path) if timings_path.is_file() else {}
     kept = {k: v for k, v in previous.items() if k not in {nb.name for nb in selected}}
     timings: dict[str, float] = {}

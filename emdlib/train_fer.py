@@ -14,9 +14,8 @@
   accuracy (ties: the later one, as the official ``>=``). Augmentation is the official one
   (:func:`fer_augmentation`).
 * :func:`evaluate` — per-branch accuracy, ensemble accuracy (Eq. 4 vote) and the ensemble confusion matrix.
-* :func:`save_fer_checkpoint` / :func:`load_fer_model` — safetensors + JSON sidecar (config, class names, input
-  convention, metrics) through :mod:`emdlib.checkpoint`.
-* Study steps for notebook 01: :func:`ensure_expression_set`, :func:`expression_splits`, :func:`ensure_fer_model`.
+* Checkpoints go through :mod:`emdlib.registry` (:func:`~emdlib.registry.save_fer_stream`, read back with
+  :func:`~emdlib.registry.model_from_checkpoint`); the study's FER stage is :mod:`emdlib.study.fer`.
 
 Everything is seeded (``FERTrainConfig.seed``): model init, shuffling and augmentation draw from torch's RNG.
 """
@@ -30,7 +29,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from emdlib.checkpoint import load_checkpoint, save_checkpoint
-from emdlib.data.expressions import EXPRESSIONS, ExpressionDataset, folder_samples, stratified_split, subject_split
-from emdlib.models.esr import ESR, INPUT_CONVENTION, FERStream, ensemble_vote_from_logits
-from emdlib.models.simfer import SimFER
+from emdlib.data.expressions import EXPRESSIONS
+from emdlib.models.esr import ESR, FERStream, ensemble_vote_from_logits
+from emdlib.presets import FERConfig
+from emdlib.registry import save_fer_stream
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +77,10 @@ class FERTrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'")
 
     @classmethod
-    def from_preset(cls, fer: Any, **overrides: Any) -> "FERTrainConfig":
-        """From a preset's ``FERConfig`` (epochs, batch size, lr; other fields keep their defaults)."""
-        base = {"epochs": fer.epochs, "batch_size": fer.batch_size, "lr": fer.lr}
-        for name in ("schedule", "augment", "seed", "optimizer"):
-            if hasattr(fer, name):
-                base[name] = getattr(fer, name)
+    def from_preset(cls, fer: FERConfig, **overrides: Any) -> "FERTrainConfig":
+        """From a preset's :class:`emdlib.presets.FERConfig`: epochs, batch size, learning rate and optimiser; the
+        other fields keep their defaults (schedule ``joint``, augmentation on, seed 0)."""
+        base = {"epochs": fer.epochs, "batch_size": fer.batch_size, "lr": fer.lr, "optimizer": fer.optimizer}
         return cls(**{**base, **overrides})
 
 
@@ -109,20 +105,6 @@ def fer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected branch logits (N, B, C), got {tuple(logits.shape)}")
     n, b, c = logits.shape
     return F.cross_entropy(logits.reshape(n * b, c), labels.repeat_interleave(b), reduction="sum") / n
-
-
-def build_fer_model(kind: str = "ESR", num_branches: int = 9) -> FERStream:
-    """``"ESR"`` with ``num_branches`` branches or ``"SimFER"``."""
-    if kind == "ESR":
-        return ESR(num_branches)
-    if kind == "SimFER":
-        return SimFER()
-    raise ValueError(f"unknown FER model {kind!r}; choose 'ESR' or 'SimFER'")
-
-
-def model_spec(model: FERStream) -> dict[str, Any]:
-    """What :func:`build_fer_model` needs to rebuild ``model``."""
-    return {"kind": type(model).__name__, "num_branches": model.num_branches, "num_classes": model.num_classes}
 
 
 def _optimizer(params: Any, cfg: FERTrainConfig) -> torch.optim.Optimizer:
@@ -251,7 +233,7 @@ def train_fer(
     """Train ``model`` on ``train_set`` with Eq. 1 (see module docstring for the schedules); return a summary.
 
     The model ends holding the best state; when ``checkpoint`` is given it is saved there with
-    :func:`save_fer_checkpoint`. ``train_set`` items are ``(image (3, 96, 96) BGR [0, 1], label)``; when
+    :func:`emdlib.registry.save_fer_stream`. ``train_set`` items are ``(image (3, 96, 96) BGR [0, 1], label)``; when
     ``cfg.augment`` and the dataset has a ``transform`` attribute that is ``None``, the official augmentation is
     set on it for training only.
     """
@@ -294,7 +276,7 @@ def train_fer(
         if restore_transform:
             train_set.transform = None
     summary = {
-        "model": model_spec(model),
+        "model": model.spec(),
         "train_config": dataclasses.asdict(cfg),
         "best_val": best,
         "history": history,
@@ -304,105 +286,6 @@ def train_fer(
     }
     if checkpoint is not None:
         summary["checkpoint"] = str(checkpoint)
-        summary["sha256"] = save_fer_checkpoint(checkpoint, model, {
+        summary["sha256"] = save_fer_stream(checkpoint, model, {
             "train_config": summary["train_config"], "metrics": best, "history": history, **(extra_meta or {})})
     return summary
-
-
-def save_fer_checkpoint(path: str | os.PathLike, model: FERStream, meta: dict[str, Any] | None = None) -> str:
-    """Save a FER model (safetensors) with a sidecar: model spec, class names, input convention, ``meta``."""
-    return save_checkpoint(path, model.state_dict(), {
-        "model": model_spec(model),
-        "class_names": list(EXPRESSIONS),
-        "input_convention": INPUT_CONVENTION,
-        **(meta or {}),
-    })
-
-
-def load_fer_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FERStream, dict]:
-    """Rebuild a FER model from a checkpoint written by :func:`save_fer_checkpoint`: ``(model in eval mode, meta)``."""
-    state, meta = load_checkpoint(path, device)
-    spec = meta.get("model")
-    if not spec:
-        raise ValueError(f"{path}: sidecar has no 'model' entry; not a FER checkpoint")
-    model = build_fer_model(spec["kind"], spec.get("num_branches", 1))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit {spec} ({e})") from e
-    return model.to(device).eval(), meta
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Study steps (notebook 01 and `emd reproduce` call these; each is idempotent)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def ensure_expression_set(out_dir: str | os.PathLike, data_cfg: Any) -> dict[str, int]:
-    """Render the preset's synth expression set into ``out_dir`` unless complete (``DataConfig`` sizes)."""
-    from emdlib.data.synth import render_expression_set
-
-    out_dir = Path(out_dir)
-    n = data_cfg.expression_images_per_class
-    counts = {name: len(list((out_dir / name).glob("*.png"))) for name in EXPRESSIONS}
-    if all(c >= n for c in counts.values()):
-        return counts
-    return render_expression_set(out_dir, n, size=data_cfg.expression_size, seed=data_cfg.seed)
-
-
-def expression_splits(
-    root: str | os.PathLike,
-    by_subject: bool = False,
-    fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    size: int = 96,
-) -> dict[str, ExpressionDataset]:
-    """Train / val / test :class:`ExpressionDataset` s of a class-per-folder set (preloaded; small sets).
-
-    ``by_subject``: subject-disjoint (CK+ names); otherwise stratified per class (synth: one identity per image).
-    """
-    samples = folder_samples(root)
-    split = subject_split if by_subject else stratified_split
-    parts = split(samples, fractions, seed=seed)
-    empty = [k for k, v in parts.items() if not v]
-    if empty:
-        raise ValueError(f"{root}: too few images for a {tuple(fractions)} split ({empty} empty)")
-    return {k: ExpressionDataset(v, size=size, preload=True) for k, v in parts.items()}
-
-
-def ensure_fer_model(
-    kind: str,
-    train_set: Dataset,
-    val_set: Dataset | None,
-    cfg: FERTrainConfig,
-    checkpoint: str | os.PathLike,
-    num_branches: int = 9,
-    esr_weights: str | os.PathLike | None = None,
-    retrain: bool = False,
-) -> tuple[FERStream, dict[str, Any]]:
-    """The FER stream of a study: official ESR-9 weights when ``esr_weights`` is given (kind ESR), else the
-    checkpoint when it exists and fits (``kind``, ``num_branches``), else trained now with :func:`train_fer` and saved.
-
-    Returns ``(model in eval mode, info)``; ``info["source"]`` is ``"official"``, ``"checkpoint"`` or ``"trained"``.
-    """
-    checkpoint = Path(checkpoint)
-    want = {"kind": kind, "num_branches": num_branches if kind == "ESR" else 1}
-    if kind == "ESR" and esr_weights is not None:
-        from emdlib.models.esr import load_official_esr
-
-        model = ESR(9)
-        report = load_official_esr(model, esr_weights)
-        info = {"source": "official", "loaded": [p.name for p in report.loaded], "missing": [p.name for p in report.missing]}
-        save_fer_checkpoint(checkpoint, model, {"source": info})
-        return model.eval(), info
-    if checkpoint.is_file() and not retrain:
-        model, meta = load_fer_model(checkpoint)
-        spec = meta.get("model", {})
-        if {k: spec.get(k) for k in want} == want:
-            log.info("%s: using the existing %s checkpoint", checkpoint, kind)
-            return model, {"source": "checkpoint", "checkpoint": str(checkpoint), "metrics": meta.get("metrics")}
-        log.info("%s: checkpoint is %s, wanted %s: retraining", checkpoint, spec, want)
-    torch.manual_seed(cfg.seed)
-    model = build_fer_model(kind, want["num_branches"])
-    summary = train_fer(model, train_set, val_set, cfg, checkpoint=checkpoint)
-    return model.eval(), {"source": "trained", **summary}

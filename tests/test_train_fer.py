@@ -23,10 +23,11 @@ from emdlib.data.expressions import (
     subject_id,
     subject_split,
 )
-from emdlib.fer import FERTrainConfig, evaluate, fer_augmentation, fer_loss, load_fer_model, train_fer
 from emdlib.io import read_json
 from emdlib.models.esr import ESR, FERStream
 from emdlib.models.simfer import SimFER
+from emdlib.registry import model_from_checkpoint
+from emdlib.train_fer import FERTrainConfig, evaluate, fer_augmentation, fer_loss, train_fer
 
 # ---------------------------------------------------------------- Eq. 1 and evaluation
 
@@ -191,10 +192,10 @@ def test_trained_esr_checkpoint_round_trip(tmp_path):
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
     assert not torch.equal(model.state_dict()["branches.1.fc.weight"], init["branches.1.fc.weight"])
     meta = read_json(sidecar_path(ckpt))
-    assert meta["model"] == {"kind": "ESR", "num_branches": 2, "num_classes": 8}
+    assert meta["model"] == {"name": "esr", "kwargs": {"num_branches": 2, "num_classes": 8}}
     assert meta["class_names"] == list(EXPRESSIONS) and meta["input_convention"]["channels"] == "BGR"
     assert 0 <= meta["metrics"]["ensemble_accuracy"] <= 1 and len(meta["metrics"]["branch_accuracy"]) == 2
-    loaded, meta2 = load_fer_model(ckpt)
+    loaded, meta2 = model_from_checkpoint(ckpt)
     model.eval()
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
@@ -226,8 +227,8 @@ def test_simfer_trains_and_round_trips(tmp_path):
     model = SimFER()
     ckpt = tmp_path / "simfer.safetensors"
     train_fer(model, ds, ds, FERTrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu"), checkpoint=ckpt)
-    loaded, meta = load_fer_model(ckpt)
-    assert isinstance(loaded, SimFER) and meta["model"]["kind"] == "SimFER"
+    loaded, meta = model_from_checkpoint(ckpt)
+    assert isinstance(loaded, SimFER) and meta["model"] == {"name": "simfer", "kwargs": {"num_classes": 8}}
     x = torch.stack([ds[i][0] for i in range(3)])
     model.eval()
     with torch.no_grad():

@@ -1,17 +1,23 @@
-"""One experiment = one system trained and tested on one method × compression cell (Tables II–V, Figs. 4–6).
+"""The experiments stage (notebooks 02–05): one system trained and tested on one method × compression cell.
 
-:func:`run_cell` is the single path every results notebook uses: it builds the cell's datasets from the face cache,
-builds the system (EMD, its variants, or a baseline) with the preset's FER stream, trains it with the §IV-B loop
-(:func:`emdlib.train.fit`), predicts the test split, computes every metric (:mod:`emdlib.metrics`) and writes a run
-record (:mod:`emdlib.runs`) plus the test predictions (``predictions.npz``, for ROC figures). A finished run is
-never repeated: its record is read back, so notebooks can be re-run to restyle tables and figures cheaply.
+:func:`run_cell` is the single path every result of Tables II–V and Figs. 4–7 comes from: it builds the cell's
+datasets from the face cache (:func:`cell_datasets`), builds the system (EMD, its variants or a baseline) with the
+study's FER stream (:func:`build_system`; the FER stage must have run), trains it with the §IV-B loop
+(:func:`emdlib.train.fit`), predicts the test split, computes every metric (:mod:`emdlib.metrics`) and writes a
+run record plus the test predictions (:mod:`emdlib.study.records`). A finished run is never repeated: its record is
+read back, so notebooks can be re-run to restyle tables and figures cheaply.
+
+Also here, because they choose runs: the cells of Table V and Figs. 4, 5, 7 (:func:`paper_cells`) and the runs of
+Fig. 6 (:func:`training_size_plan`, :func:`training_size_runs`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,20 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from emdlib.io import atomic_path, read_json
+from emdlib.data.datasets import ManipulationDataset
+from emdlib.io import read_json
 from emdlib.presets import Preset
-from emdlib.study import StudyPaths
+from emdlib.study import Study
+from emdlib.study.records import RECORD, save_predictions, write_run_record
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class System:
-    """A row of the paper's tables: how to build it and which FER stream (if any) it takes."""
+    """A row of the paper's tables: which network (``kind``: ``"emd"`` or a baseline name of
+    :data:`emdlib.baselines.BASELINES`) and which FER stream it takes (None, ``"ESR"`` or ``"SimFER"``)."""
 
     name: str
-    kind: str  # "emd" | a baseline name from emdlib.baselines.BASELINES
-    fer: str | None = None  # None | "ESR" | "SimFER"
+    kind: str
+    fer: str | None = None
 
 
 #: Every system of Tables II–V. "XceptionNet (seg)" is EMD without the FER stream: the paper's Table IV row.
@@ -51,6 +60,9 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("Steg.Features+SVM", "steg_features_svm"),
 ]}
 
+#: The expression-manipulation methods of Table V and Figs. 4–7.
+EXPRESSION_METHODS: tuple[str, ...] = ("Face2Face", "NeuralTextures")
+
 
 def run_name(system: str, method: str, compression: str, seed: int = 0, n_train_videos: int | None = None) -> str:
     """File-system-safe run id, e.g. ``emd__Face2Face__c23__s0`` (``__n40`` for a training-size point)."""
@@ -58,42 +70,7 @@ def run_name(system: str, method: str, compression: str, seed: int = 0, n_train_
     return f"{slug}__{method}__{compression}__s{seed}" + (f"__n{n_train_videos}" if n_train_videos else "")
 
 
-def fer_stream(paths: StudyPaths, preset: Preset, kind: str) -> torch.nn.Module:
-    """The preset's trained FER stream (notebook 01), trained now when its checkpoint is missing."""
-    from emdlib import fer
-
-    ckpt = paths.checkpoints / f"{kind.lower()}.safetensors"  # written by notebook 01
-    if ckpt.is_file():
-        model, _ = fer.load_fer_model(ckpt)
-        return model
-    sets = expression_sets(paths, preset)
-    cfg = fer.FERTrainConfig.from_preset(preset.fer)
-    model, _ = fer.ensure_fer_model(kind, sets["train"], sets["val"], cfg, ckpt, num_branches=preset.fer.branches,
-                                    esr_weights=preset.fer.esr_weights if kind == "ESR" else None)
-    return model
-
-
-def expression_sets(paths: StudyPaths, preset: Preset) -> dict[str, Any]:
-    """Train/val/test splits of the preset's expression set (rendered on first use)."""
-    from emdlib import fer
-
-    fer.ensure_expression_set(paths.expressions, preset.data)
-    return fer.expression_splits(paths.expressions, seed=preset.data.seed)
-
-
-def build_system(system: System, paths: StudyPaths, preset: Preset) -> Any:
-    """Construct a system with the preset's encoder and FER stream (``pretrained`` as the preset says)."""
-    fer = fer_stream(paths, preset, system.fer) if system.fer else None
-    if system.kind == "emd":
-        from emdlib.models.emd import EMD
-        from emdlib.fer import model_spec as fer_spec
-
-        return EMD(fer=fer, encoder=preset.emd.encoder, pretrained=preset.emd.pretrained,
-                   fer_spec=fer_spec(fer) if fer is not None else None)
-    from emdlib.baselines import build_baseline
-
-    return build_baseline(system.kind, **({"fer": fer} if fer is not None else {}), **baseline_kwargs(system, preset))
-
+# ------------------------------------------------------------------------------------------------------ systems
 
 def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
@@ -115,47 +92,74 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     return kwargs
 
 
-def cell_datasets(paths: StudyPaths, preset: Preset, method: str, compression: str,
-                  n_train_videos: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Train (augmented; optionally the first ``n_train_videos`` pristine videos and their fakes), val and test."""
-    from emdlib.data.datasets import ManipulationDataset
+def build_system(study: Study, system: System) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Construct ``system`` as the study's preset says: ``(model, registry spec)``.
 
-    size = preset.emd.image_size
-    sets = {split: ManipulationDataset(paths.cache, split, [method], [compression], size, augment=(split == "train"))
+    The FER stream is the one the FER stage saved (:func:`emdlib.study.fer.load_fer_stream`; an error names
+    notebook 01 when it is missing); EMD takes the preset's encoder and ``pretrained``, a baseline
+    :func:`baseline_kwargs`. The spec (:func:`emdlib.registry.model_spec`) goes into the checkpoints so that
+    ``emd detect`` and the figures rebuild the network by name, never downloading weights.
+    """
+    from emdlib.registry import build_model, model_spec
+    from emdlib.study.fer import load_fer_stream
+
+    fer = load_fer_stream(study, system.fer) if system.fer else None
+    if system.kind == "emd":
+        cfg = study.preset.emd
+        model = build_model("emd", fer=fer, encoder=cfg.encoder, pretrained=cfg.pretrained)
+        return model, model.spec()
+    kwargs = baseline_kwargs(system, study.preset)
+    pretrained = kwargs.pop("pretrained", False)
+    model = build_model(system.kind, fer=fer, pretrained=pretrained, **kwargs)
+    return model, model_spec(system.kind, fer=fer, **kwargs)
+
+
+def cell_datasets(study: Study, method: str, compression: str, n_train_videos: int | None = None,
+                  seed: int = 0) -> dict[str, ManipulationDataset]:
+    """Train (augmented; optionally the first ``n_train_videos`` pristine videos and their fakes), val and test sets
+    of one cell, from the face cache (the data stage must have run: :func:`emdlib.study.data.require_cache`)."""
+    from emdlib.study.data import require_cache
+
+    require_cache(study)
+    size = study.preset.emd.image_size
+    sets = {split: ManipulationDataset(study.paths.cache, split, [method], [compression], size,
+                                       augment=(split == "train"))
             for split in ("train", "val", "test")}
     if n_train_videos:
         sets["train"] = sets["train"].subset_videos(n_train_videos, seed=seed)
     return sets
 
 
-def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compression: str, seed: int = 0,
-             n_train_videos: int | None = None, force: bool = False) -> dict[str, Any]:
-    """Train and test ``system`` on one cell; return its run record (read back when it already exists)."""
-    from emdlib.runs import write_run_record
+# ---------------------------------------------------------------------------------------------------------- runs
 
+def run_cell(study: Study, system: str, method: str, compression: str, seed: int = 0,
+             n_train_videos: int | None = None, force: bool = False) -> dict[str, Any]:
+    """Train and test ``system`` on one cell; return its run record (read back when it already exists and was made
+    under the same configuration with its checkpoint on this machine, :func:`why_not_reusable`)."""
+    paths = study.paths
     name = run_name(system, method, compression, seed, n_train_videos)
-    record_path = paths.runs / name / "metrics.json"
+    record_path = paths.runs / name / RECORD
     if record_path.is_file() and not force:
         record = read_json(record_path)
-        why = why_not_reusable(record, preset)
+        why = why_not_reusable(record, study.preset)
         if why is None:
             return record
         log.warning("%s: %s; training again", record_path, why)
-        _drop_training_state(paths.checkpoints / "runs" / name)  # never resume a run of another protocol
+        _drop_training_state(paths.run_checkpoints / name)  # never resume a run of another protocol
     spec = SYSTEMS[system]
-    sets = cell_datasets(paths, preset, method, compression, n_train_videos, seed)
+    sets = cell_datasets(study, method, compression, n_train_videos, seed)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if spec.kind == "steg_features_svm":
         pred, train_info, checkpoint = _run_svm(sets)
     else:
-        pred, train_info, checkpoint = _run_torch(spec, paths, preset, sets, name, seed)
+        pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
     from emdlib.metrics import evaluate
 
     metrics = evaluate(pred)
-    _save_predictions(paths.runs / name / "predictions.npz", pred)
+    save_predictions(paths.runs / name, pred)
     config = {"system": system, "method": method, "compression": compression, "n_train_videos": n_train_videos,
-              "n_train_images": len(sets["train"]), "n_test_images": len(sets["test"]), "preset": preset.to_dict(),
+              "n_train_images": len(sets["train"]), "n_test_images": len(sets["test"]), "preset": study.config(),
               "train": train_info.get("config", {})}
     write_run_record(paths.results, name, metrics, config, seed, manifest=paths.cache / "manifest.csv",
                      checkpoint=checkpoint, device=train_info.get("device", "cpu"),
@@ -163,8 +167,8 @@ def run_cell(paths: StudyPaths, preset: Preset, system: str, method: str, compre
                      extra={"system": system, "method": method, "compression": compression,
                             "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
                             "history": train_info.get("history", [])},
-                     preset=preset.name)
-    _drop_training_state(paths.checkpoints / "runs" / name)
+                     preset=study.name)
+    _drop_training_state(paths.run_checkpoints / name)
     return read_json(record_path)
 
 
@@ -185,8 +189,6 @@ def why_not_reusable(record: dict, preset: Preset) -> str | None:
 
 def _same_protocol(recorded: dict | None, current: dict) -> bool:
     """Whether a stored run used the preset configuration it would get now (JSON round trip: tuples → lists)."""
-    import json
-
     return recorded is not None and json.loads(json.dumps(recorded)) == json.loads(json.dumps(current))
 
 
@@ -196,18 +198,12 @@ def _drop_training_state(run_dir: Path) -> None:
         (run_dir / f).unlink(missing_ok=True)
 
 
-def _run_torch(spec: System, paths: StudyPaths, preset: Preset, sets: dict, name: str, seed: int):
+def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     from emdlib.train import TrainConfig, fit, predict
 
-    model = build_system(spec, paths, preset)
-    cfg = TrainConfig.from_emd(preset.emd, seed=seed)
-    meta = {}
-    if not callable(getattr(model, "spec", None)) and spec.fer is None:
-        # lets emd detect / registry.model_from_checkpoint rebuild the baseline by name
-        # (pretrained=False: the checkpoint holds every weight, so rebuilding needs no download)
-        meta["model"] = {"name": spec.kind, "kwargs": {**baseline_kwargs(spec, preset),
-                                                      **({"pretrained": False} if spec.kind == "xception" else {})}}
-    summary = fit(model, sets["train"], sets["val"], paths.checkpoints / "runs" / name, cfg, meta=meta)
+    model, spec = build_system(study, system)
+    cfg = TrainConfig.from_preset(study.preset.emd, seed=seed)
+    summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
     pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
             "history": summary.get("history", [])}
@@ -234,28 +230,92 @@ def _run_svm(sets: dict):
     return pred, {"config": {"classifier": "LinearSVC", "C": 1.0}, "device": "cpu"}, None
 
 
-def _save_predictions(path: Path, pred: dict[str, np.ndarray]) -> None:
-    arrays = {k: (np.asarray(v).astype(str) if np.asarray(v).dtype == object else np.asarray(v))
-              for k, v in pred.items() if k != "mask_prob"}
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
-
-
-def load_predictions(paths: StudyPaths, run: str) -> dict[str, np.ndarray]:
-    """Test predictions stored by :func:`run_cell` (for ROC curves)."""
-    path = paths.runs / run / "predictions.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: predictions not found; run the cell first")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def run_grid(paths: StudyPaths, preset: Preset, systems: list[str], cells: list[tuple[str, str]],
+def run_grid(study: Study, systems: Sequence[str], cells: Sequence[tuple[str, str]],
              seed: int = 0) -> list[dict[str, Any]]:
     """:func:`run_cell` for every system × cell (finished runs are read back)."""
     records = []
     for method, comp in cells:
         for system in systems:
             log.info("%s on %s %s", system, method, comp)
-            records.append(run_cell(paths, preset, system, method, comp, seed))
+            records.append(run_cell(study, system, method, comp, seed))
+    return records
+
+
+def finished_runs(study: Study, systems: Sequence[str], cells: Sequence[tuple[str, str]], seed: int = 0,
+                  made_by: str = "the notebook that runs them") -> list[dict[str, Any]]:
+    """The run records of ``systems`` × ``cells`` as an earlier notebook left them; never trains.
+
+    For figures drawn from finished runs (Figs. 4, 5, 7): raises FileNotFoundError listing the missing runs and
+    naming ``made_by``, the notebook or command that makes them.
+    """
+    names = [run_name(s, m, c, seed) for m, c in cells for s in systems]
+    missing = [n for n in names if not (study.paths.runs / n / RECORD).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{study.paths.runs}: runs {missing} of preset {study.name!r} are missing; make them "
+                                f"with {made_by} (or `emd reproduce --preset {study.name}`)")
+    return [read_json(study.paths.runs / n / RECORD) for n in names]
+
+
+# ------------------------------------------------------------------------------------ which runs a result needs
+
+def paper_cells(preset: Preset, methods: Sequence[str] = EXPRESSION_METHODS,
+                compression: str = "c23") -> list[tuple[str, str]]:
+    """The preset's cells (``preset.emd.cells``) that Table V and Figs. 4, 5, 7 use: F2F and NT at HQ (c23).
+    Raises ValueError when the preset has none."""
+    cells = [(m, c) for m, c in preset.emd.cells if m in methods and c == compression]
+    if not cells:
+        raise ValueError(f"preset {preset.name!r} has no {'/'.join(methods)} {compression} cell "
+                         f"(its cells: {list(preset.emd.cells)})")
+    return cells
+
+
+def _train_videos(preset: Preset) -> int:
+    """Pristine training videos of the preset: two per train pair (FF++ splits; 720 for the paper)."""
+    return 2 * int(preset.data.pairs[0])
+
+
+def training_size_points(preset: Preset, n_points: int | None = None) -> list[int]:
+    """Numbers of (pristine) training videos for Fig. 6, increasing, ending at the preset's full training set.
+
+    The paper goes from 10 to ~700 videos. Here the points are geometrically spaced between 10 (2 when the preset has
+    fewer than 100 training videos) and ``2 × train pairs``; by default 2 points for a smoke-test preset (≤ 8 videos),
+    4 up to 200 videos, 6 beyond (e.g. ``tiny`` → [2, 6], ``cpu`` → [2, 4, 9, 20], ``paper`` → 10 … 720).
+    Raises ValueError for a preset without training videos or ``n_points < 1``.
+    """
+    total = _train_videos(preset)
+    if total < 1:
+        raise ValueError(f"preset {preset.name!r} has no training videos")
+    if n_points is None:
+        n_points = 2 if total <= 8 else 4 if total <= 200 else 6
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    lo = min(10 if total >= 100 else 2, total)
+    points = sorted({int(round(x)) for x in np.geomspace(lo, total, n_points)} | {total})
+    return [p for p in points if 1 <= p <= total]
+
+
+def training_size_plan(preset: Preset) -> dict[str, Any]:
+    """Preset-dependent defaults of notebook 05: ``points``, ``seeds`` (three, as the minimum for an interval) and
+    ``cells`` — F2F and one other cell of the preset (NT, else DF) as the paper's two panels; one cell for a
+    smoke-test preset (≤ 8 training videos) or when the preset asks for one (``EMDConfig.curve_cells``)."""
+    cells = list(preset.emd.cells)
+    f2f = [c for c in cells if c[0] == "Face2Face"] or cells[:1]
+    chosen = f2f[:1]
+    if _train_videos(preset) > 8 and preset.emd.curve_cells > 1:
+        others = [c for m in ("NeuralTextures", "Deepfakes") for c in cells if c[0] == m and c[1] == chosen[0][1]]
+        chosen += others[:1]
+    return {"points": training_size_points(preset, preset.emd.curve_points), "seeds": [0, 1, 2], "cells": chosen}
+
+
+def training_size_runs(study: Study, points: Sequence[int], seeds: Sequence[int], cells: Sequence[tuple[str, str]],
+                       system: str = "EMD") -> list[dict[str, Any]]:
+    """Fig. 6's runs (§IV-E2): ``system`` on each cell trained on the first ``n`` pristine training videos (and their
+    fakes; :meth:`~emdlib.data.datasets.ManipulationDataset.subset_videos`, nested per seed) for every ``n`` and
+    seed; finished runs are read back."""
+    records = []
+    for method, comp in cells:
+        for n in points:
+            for seed in seeds:
+                log.info("Fig. 6: %s on %s %s, %d training videos, seed %d", system, method, comp, n, seed)
+                records.append(run_cell(study, system, method, comp, seed=seed, n_train_videos=int(n)))
     return records

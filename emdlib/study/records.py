@@ -1,8 +1,15 @@
-"""Run records (design.md "Results"): ``results/<preset>/runs/<run>/metrics.json``, one per trained/evaluated model.
+"""Run records and predictions (design.md "Results"): what each run of the experiments stage leaves behind.
 
-A record holds the metrics and everything needed to trace them: the full configuration, the git commit of the code,
-the seed, the sha256 of the data manifest the model saw, the sha256 of the checkpoint, the device and the wall time.
-Tables and figures are rendered from these records (:func:`load_run_records`), never from typed-in numbers.
+* ``results/<preset>/runs/<run>/metrics.json`` (:func:`write_run_record`): the metrics and everything needed to trace
+  them — the full configuration, the git commit of the code, the seed, the sha256 of the data manifest the model saw,
+  the sha256 of the checkpoint, the device and the wall time;
+* ``results/<preset>/runs/<run>/predictions.npz`` (:func:`save_predictions`): the test predictions (P(fake) per
+  image, pixel counts and sampled pixels) that ROC curves and bootstrap intervals are computed from;
+* the run's best checkpoint, named by the record, from which figures rebuild the trained model
+  (:func:`load_run_model`).
+
+Tables and figures are rendered from these (:func:`load_run_records`, :func:`load_predictions`), never from
+typed-in numbers and never by training.
 """
 
 from __future__ import annotations
@@ -13,20 +20,26 @@ import math
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
-from emdlib.io import read_json, sha256_file, write_json
+import numpy as np
+
+from emdlib.io import atomic_path, read_json, sha256_file, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 RECORD = "metrics.json"
+PREDICTIONS = "predictions.npz"
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """``git rev-parse HEAD`` of the emdlib checkout (read-only), or ``"unknown"`` outside a git work tree."""
-    repo = Path(repo) if repo is not None else Path(__file__).resolve().parent.parent
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -121,3 +134,40 @@ def load_run_records(results_dir: str | os.PathLike) -> pd.DataFrame:
         row["path"] = str(path)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def save_predictions(run_dir: str | os.PathLike, pred: Mapping[str, np.ndarray]) -> Path:
+    """Write ``<run_dir>/predictions.npz`` atomically (every array of :func:`emdlib.train.predict` but the full
+    probability maps ``mask_prob``; strings as unicode arrays, so nothing needs unpickling). Returns its path."""
+    path = Path(run_dir) / PREDICTIONS
+    arrays = {k: (np.asarray(v).astype(str) if np.asarray(v).dtype == object else np.asarray(v))
+              for k, v in pred.items() if k != "mask_prob"}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    return path
+
+
+def load_predictions(runs_dir: str | os.PathLike, run: str) -> dict[str, np.ndarray]:
+    """The test predictions of ``run`` under ``runs_dir`` (``results/<preset>/runs``); FileNotFoundError naming the
+    file when the run has not been made."""
+    path = Path(runs_dir) / run / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions not found; run the cell first")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_run_model(runs_dir: str | os.PathLike, run: str, device: str = "cpu") -> "torch.nn.Module":
+    """The trained model of a finished run, rebuilt from the best checkpoint its record names
+    (:func:`emdlib.registry.model_from_checkpoint`), in eval mode. FileNotFoundError when the record or its
+    checkpoint is missing."""
+    from emdlib.registry import model_from_checkpoint
+
+    record = Path(runs_dir) / run / RECORD
+    if not record.is_file():
+        raise FileNotFoundError(f"{record}: run record not found; run the cell first")
+    ckpt = read_run_record(record).get("checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        raise FileNotFoundError(f"{record}: its checkpoint {ckpt!r} is missing; rerun the cell (force=True)")
+    model, _ = model_from_checkpoint(ckpt, device=device)
+    return model
