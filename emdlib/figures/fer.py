@@ -1,7 +1,8 @@
-"""Figures of the FER stream (notebook 01): confusion matrices, per-branch accuracy, Grad-CAMs (paper §III-C, Fig. 6).
+"""Figures of the FER stream (notebook 01): confusion matrices, per-branch accuracy, Grad-CAMs (paper §III-C; the
+CAMs are those of the paper's Fig. 7, here on the expression set).
 
-Each function takes stored metrics or model outputs and returns a matplotlib figure; save with
-:func:`emdlib.plots.save_figure`.
+Each function takes stored metrics or a trained model's outputs and returns a matplotlib figure; save with
+:func:`emdlib.figures.save_figure`.
 """
 
 from __future__ import annotations
@@ -10,20 +11,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from emdlib.data.expressions import EXPRESSIONS  # noqa: E402
+from emdlib.data.expressions import EXPRESSIONS
+from emdlib.figures import new_figure
 
 log = logging.getLogger(__name__)
 
 
-def confusion_figure(metrics: Mapping[str, Any], title: str = "", normalise: bool = True) -> "plt.Figure":
-    """Seaborn heat map of an :func:`emdlib.fer.evaluate` confusion matrix (rows = truth, columns = ensemble vote).
+def confusion_figure(metrics: Mapping[str, Any], title: str = "", normalise: bool = True) -> Figure:
+    """Seaborn heat map of an :func:`emdlib.train_fer.evaluate` confusion matrix (rows = truth, columns = ensemble vote).
 
     Classes that never occur (neither as truth nor as vote) are left out; rows are normalised to recall.
     """
@@ -35,7 +34,7 @@ def confusion_figure(metrics: Mapping[str, Any], title: str = "", normalise: boo
     cm = cm[np.ix_(keep, keep)]
     if normalise:
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.6 * len(keep) + 2, 0.6 * len(keep) + 1.5))
+    fig, ax = new_figure(figsize=(0.6 * len(keep) + 2, 0.6 * len(keep) + 1.5))
     sns.heatmap(cm, annot=True, fmt=".2f" if normalise else ".0f", cmap="Blues", vmin=0, vmax=1 if normalise else None,
                 xticklabels=[names[i] for i in keep], yticklabels=[names[i] for i in keep], cbar=False, ax=ax,
                 annot_kws={"fontsize": 7})
@@ -46,9 +45,9 @@ def confusion_figure(metrics: Mapping[str, Any], title: str = "", normalise: boo
     return fig
 
 
-def branch_accuracy_figure(results: Mapping[str, Mapping[str, Any]]) -> "plt.Figure":
+def branch_accuracy_figure(results: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Bar chart: per-branch and ensemble accuracy of each model (``{name: evaluate(...) metrics}``)."""
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = new_figure(figsize=(6, 3))
     x0 = 0
     ticks, labels = [], []
     for name, m in results.items():
@@ -74,10 +73,10 @@ def cam_figure(
     classes: Sequence[int],
     branches: Sequence[int] | None = None,
     title: str = "",
-) -> "plt.Figure":
+) -> Figure:
     """Faces (ESR input, BGR [0, 1]) over their Grad-CAMs ``(N, H, W)``: true vs predicted class, selected branch."""
     n = len(images_bgr)
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 4.0), squeeze=False)
+    fig, axes = new_figure(2, n, figsize=(1.5 * n, 4.0), squeeze=False)
     for i in range(n):
         rgb = images_bgr[i].flip(0).permute(1, 2, 0).cpu().numpy()
         axes[0, i].imshow(rgb)

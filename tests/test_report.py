@@ -1,0 +1,27 @@
+"""emdlib.report: REPORT.md from run records, figures and timings (no training, no drawing)."""
+
+from __future__ import annotations
+
+from emdlib import report
+from emdlib.study.experiments import run_name
+
+
+def test_write_report(study, fake_run):
+    for system, acc, pix in (("EMD", 0.75, 0.9), ("XceptionNet (seg)", 0.5, 0.8), ("MesoNet", 0.6, None)):
+        fake_run(system, "Face2Face", "c23", acc, pix)
+    paths = study.paths
+    (paths.figures / "fig4_roc_f2f.png").write_bytes(b"\x89PNG fake")
+    (paths.figures / "fig3_synth.png").write_bytes(b"\x89PNG fake")
+    (paths.results / "timings.json").write_text('{"03_baselines.ipynb": 12.5}')
+    path = report.write_report(study, n_boot=50)
+    assert path == paths.results / "REPORT.md"
+    text = path.read_text()
+    for name in ("Table II", "Table III", "Table IV", "Table V"):
+        assert name in text
+    assert "](figures/fig3_synth.png)" in text and "](figures/fig4_roc_f2f.png)" in text
+    assert text.index("fig3_synth.png") < text.index("fig4_roc_f2f.png")
+    assert study.preset.note in text and "Cannot show" in text
+    assert "Does the FER stream help?" in text and "not run" in text  # no predictions stored by fake_run
+    assert "03_baselines.ipynb" in text and "12.50" in text and "| total |" in text
+    assert run_name("MesoNet", "Face2Face", "c23") in text and "75.00" in text
+    assert "](runs/emd__Face2Face__c23__s0/metrics.json)" in text  # provenance link, relative to REPORT.md
