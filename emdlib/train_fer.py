@@ -36,7 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+# tqdm.asyncio, not tqdm.auto: plain-text bars, never ipywidgets (which executed notebooks cannot show outside
+# Jupyter). Not plain tqdm either: the asyncio variant (which tqdm.auto also builds on) makes one iterator of the
+# DataLoader when the bar is created, and that iterator draws from the loader's seeded generator; the shuffle order
+# of every recorded run depends on that draw, so changing the bar class would change the results.
+from tqdm.asyncio import tqdm
 
 from emdlib.data.expressions import EXPRESSIONS
 from emdlib.models.esr import ESR, FERStream, ensemble_vote_from_logits
