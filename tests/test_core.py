@@ -184,3 +184,12 @@ def test_study_parameters_reopen_the_same_study(tmp_path: Path) -> None:
     assert study.paths.world == tmp_path / "ff" and study.paths.splits == tmp_path / "splits"
     assert study.paths.cache == tmp_path / "data" / "paper" / "cache"
     assert Study.open("tiny", tmp_path / "d", tmp_path / "r").preset.fer.esr_weights is None
+
+
+def test_emd_version(capsys) -> None:
+    import emdlib
+    from emdlib import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"emd {emdlib.__version__}\n"
