@@ -1,7 +1,7 @@
 """Training protocol of the manipulation stream (paper §III-D Eqs. 6–8, §III-E Algorithm 1, §IV-B).
 
 One loop for EMD, its variants and every trainable baseline, through the detector contract
-(:class:`emdlib.models.detector.Detector`):
+(:class:`emdlib.models.detector.DetectorNet`):
 
 * ``model(image, fer_image) -> DetectorOutput(logits (N,2), mask_logits (N,1,S,S) or None, extras)``;
 * loss: ``model.compute_loss(output, batch) -> (loss, parts)`` — Eq. 8 by default
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.asyncio import tqdm
 
 from emdlib.checkpoint import load_checkpoint, save_checkpoint
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 from emdlib.presets import EMDConfig
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,12 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def forward(model: Detector, batch: Mapping[str, Any]) -> DetectorOutput:
+def forward(model: DetectorNet, batch: Mapping[str, Any]) -> DetectorOutput:
     """``model(image, fer_image)`` (``fer_image`` None when the batch has none)."""
     return model(batch["image"], batch.get("fer_image"))
 
 
-def compute_loss(model: Detector, output: DetectorOutput, batch: Mapping[str, Any]
+def compute_loss(model: DetectorNet, output: DetectorOutput, batch: Mapping[str, Any]
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """``model.compute_loss`` with its parts as floats and ``"loss"`` (the total) always among them."""
     loss, parts = model.compute_loss(output, batch)
@@ -182,7 +182,7 @@ def compute_loss(model: Detector, output: DetectorOutput, batch: Mapping[str, An
     return loss, parts
 
 
-def train_step(model: Detector, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """One optimisation step on a batch already on the model's device; returns the loss parts.
 
@@ -207,7 +207,7 @@ def train_step(model: Detector, batch: Mapping[str, Any], optimizer: torch.optim
 
 
 @torch.no_grad()
-def validate(model: Detector, loader: Iterable[Mapping[str, Any]], device: torch.device,
+def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: torch.device,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``."""
     was_training = model.training
@@ -234,7 +234,7 @@ def validate(model: Detector, loader: Iterable[Mapping[str, Any]], device: torch
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def set_trainable(model: Detector, trainable: list[nn.Parameter], warmup: bool) -> None:
+def set_trainable(model: DetectorNet, trainable: list[nn.Parameter], warmup: bool) -> None:
     """Warm-up: only ``warmup_parameters()`` require grad (when the model has a warm-up of its own, else every
     trainable parameter does); otherwise every trainable parameter does."""
     warm = {id(p) for p in model.warmup_parameters()} if warmup and model.has_warmup() else None
@@ -296,7 +296,7 @@ def _optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     return {"state": state, "param_groups": groups}
 
 
-def save_training_state(path: str | Path, model: Detector, optimizer: torch.optim.Optimizer,
+def save_training_state(path: str | Path, model: DetectorNet, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler | None, epoch: int, meta: Mapping[str, Any]) -> str:
     """``last.safetensors``: model + optimizer tensors + RNG states; scalars (epoch, history, ...) in the sidecar."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -337,7 +337,7 @@ def is_better(acc: float | None, loss: float, best_acc: float, best_loss: float)
     return acc is not None and (acc > best_acc or (acc == best_acc and loss < best_loss))
 
 
-def fit(model: Detector, train_data: Dataset, val_data: Dataset | None, out_dir: str | Path,
+def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_dir: str | Path,
         config: TrainConfig = TrainConfig(), resume: bool = True,
         on_epoch_end: Callable[[dict], None] | None = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` with the §IV-B protocol; checkpoints in ``out_dir``; returns a summary.
@@ -457,7 +457,7 @@ def fit(model: Detector, train_data: Dataset, val_data: Dataset | None, out_dir:
 
 
 @torch.no_grad()
-def predict(model: Detector, data: Dataset | DataLoader, device: str | torch.device | None = None,
+def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.device | None = None,
             batch_size: int = 16, pixels_per_image: int = 256, seed: int = 0, keep_masks: bool = False,
             amp: bool = True, num_workers: int = 0) -> dict[str, np.ndarray]:
     """Run ``model`` over ``data`` and collect what :mod:`emdlib.metrics` needs, as numpy arrays.

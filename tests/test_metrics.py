@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emdlib import metrics as M
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 from emdlib.train import predict
 
 
@@ -108,7 +108,7 @@ def test_evaluate_all_levels_and_by_method():
     assert list(by["method"]) == ["Face2Face"] and by.loc[0, "n"] == 4
 
 
-class _MaskFromImage(Detector):
+class _MaskFromImage(DetectorNet):
     """Stand-in detector: P(fake) from the mean of channel 0, mask logit = ±10 by the sign of channel 0."""
 
     def forward(self, image, fer_image=None):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdlib.baselines import inputs
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class ConstrainedConv2d(nn.Conv2d):
         w[:, :, c, c] = -1.0
 
 
-class BayarStamm(Detector):
+class BayarStamm(DetectorNet):
     """Constrained-conv CNN (module docstring). Output: ``DetectorOutput(logits (N, 2) index 1 = fake)``."""
 
     def __init__(self, input_size: int = INPUT_SIZE, fc_width: int = 4096, num_classes: int = 2):

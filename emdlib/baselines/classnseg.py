@@ -41,7 +41,7 @@ from torch import nn
 
 from emdlib.baselines import inputs
 from emdlib.checkpoint import load_torch_state_dict
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Decoder(nn.Module):
         return self.segmenter(h), self.decoder(h)
 
 
-class MultiTask(Detector):
+class MultiTask(DetectorNet):
     """ClassNSeg as an emdlib model (module docstring).
 
     ``forward(image, fer_image=None, label=None)`` → ``DetectorOutput(logits, mask_logits, extras)`` with extras
@@ -269,6 +269,6 @@ class MultiTaskEnsFER(MultiTask):
         yield from self.fusion.parameters()
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Everything but the frozen FER network (the training loop's hook, :class:`emdlib.models.detector.Detector`)."""
+        """Everything but the frozen FER network (the training loop's hook, :class:`emdlib.models.detector.DetectorNet`)."""
         fer = {id(p) for p in self.fer.parameters()}
         return (p for p in self.parameters() if id(p) not in fer)

@@ -38,12 +38,12 @@ from torch import nn
 
 from emdlib.baselines import inputs
 from emdlib.baselines.steganalysis import CROP_SIZE, ORDER, RESIDUAL_FACTOR, RESIDUAL_KERNEL
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
 
-class Cozzolino(Detector):
+class Cozzolino(DetectorNet):
     """Constrained residual/co-occurrence CNN + linear classifier (module docstring). Output:
     ``DetectorOutput(logits (N, 2) index 1 = fake, extras={"features": (N, 162) histogram})``."""
 

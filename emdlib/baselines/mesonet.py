@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdlib.baselines import inputs
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class InceptionLayer(nn.Module):
         return self.pool(self.bn(y))
 
 
-class MesoNet(Detector):
+class MesoNet(DetectorNet):
     """Base of Meso-4 / MesoInception-4: ``features`` (→ 16×8×8 at 256 px) + the shared head (module docstring).
 
     Output: ``DetectorOutput(logits (N, 2) index 1 = fake, extras={"official_output": σ(z) = P(real)})``.

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from emdlib.baselines import inputs
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def stats_pool(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat.mean(2), flat.var(2, unbiased=False), flat.amax(2), flat.amin(2)], 1)
 
 
-class Rahmouni(Detector):
+class Rahmouni(DetectorNet):
     """Stats-2L (module docstring). Output: ``DetectorOutput(logits (N, 2) index 1 = fake)``."""
 
     def __init__(self, num_classes: int = 2, keep_prob: float = 0.65):

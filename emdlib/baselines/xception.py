@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from emdlib.baselines import inputs
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
 
-class XceptionNet(Detector):
+class XceptionNet(DetectorNet):
     """FF++ XceptionNet. Output: ``DetectorOutput(logits (N, 2) index 1 = fake, mask_logits None)``.
 
     ``pretrained``: load timm's ImageNet weights (needs the network or the timm cache; tests use False).

@@ -1,9 +1,11 @@
-"""The contract every manipulation detector keeps: one output type and one base class (style.md, "smp").
+"""The contract every manipulation detector keeps: one output type and one base class (as segmentation_models_pytorch
+gives all its models one base that owns ``forward``).
 
 EMD, EMD without its FER stream ("XceptionNet (seg)"), the ablation variants and every neural baseline return the
-same :class:`DetectorOutput` and derive from :class:`Detector`, so that one training loop (:func:`emdlib.train.fit`),
-one prediction and metric path (:func:`emdlib.train.predict`, :mod:`emdlib.metrics`), ``emd detect``
-(:mod:`emdlib.detect`) and the figures serve them all without asking what a model happens to define.
+same :class:`DetectorOutput` and derive from :class:`DetectorNet` (the network; :class:`emdlib.detect.Detector`
+wraps a trained one for ``emd detect``), so that one training loop (:func:`emdlib.train.fit`), one prediction and
+metric path (:func:`emdlib.train.predict`, :mod:`emdlib.metrics`), ``emd detect`` and the figures serve them all
+without asking what a model happens to define.
 
 * ``forward(image, fer_image=None) -> DetectorOutput``: ``image`` ``(N, 3, S, S)`` RGB ``(x - 0.5) / 0.5``
   (:func:`emdlib.data.transforms.xception_input`), ``fer_image`` ``(N, 3, 96, 96)`` BGR in [0, 1]
@@ -16,7 +18,7 @@ one prediction and metric path (:func:`emdlib.train.predict`, :mod:`emdlib.metri
   leaves out its frozen FER stream, Algorithm 1);
 * ``after_step()``: called after every optimiser step (Bayar & Stamm's constraint projection); by default nothing.
 
-The Steg.Features + SVM baseline is a scikit-learn Pipeline (style.md, "scikit-learn"), not a torch detector.
+The Steg.Features + SVM baseline is a scikit-learn Pipeline, not a torch detector.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def manipulation_loss(output: DetectorOutput, batch: Mapping[str, Any]) -> tuple
                   "loss_seg": float(loss_seg.detach())}
 
 
-class Detector(nn.Module):
+class DetectorNet(nn.Module):
     """Base class of every trainable manipulation detector (module docstring). Holds no parameters itself."""
 
     def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
@@ -101,7 +103,7 @@ class Detector(nn.Module):
 
     def has_warmup(self) -> bool:
         """Whether the warm-up trains a part of the network only (the class overrides :meth:`warmup_parameters`)."""
-        return type(self).warmup_parameters is not Detector.warmup_parameters
+        return type(self).warmup_parameters is not DetectorNet.warmup_parameters
 
     def after_step(self) -> None:
         """Called by the training loop after every optimiser step; nothing by default."""

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from emdlib.data.transforms import esr_input, xception_to_rgb01
-from emdlib.models.detector import Detector, DetectorOutput
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Decoder(nn.Module):
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))
 
 
-class EMD(Detector):
+class EMD(DetectorNet):
     """EMD (§III-D): DeepLabv3+/aligned-Xception manipulation stream fed with the frozen FER stream's map (Eq. 5).
 
     ``forward(image, fer_image=None) -> DetectorOutput(logits (N,2), mask_logits (N,1,H,W), extras)``; ``extras``
