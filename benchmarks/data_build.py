@@ -29,7 +29,7 @@ def du(path: Path) -> int:
 
 
 def build(world: str, preset: str, out: Path, faces: Path | None = None, **overrides) -> dict:
-    from emdlib.data.forge import build_faces_world
+    from emdlib.data.photos import build_faces_world
     from emdlib.data.synth import build_synth_world
 
     p = get_preset(preset)
@@ -69,7 +69,8 @@ def main() -> None:
         record["runs"].append(run)
         if args.figure:
             from emdlib.data.ffpp import load_splits
-            from emdlib.plots import fig3_grid, save_figure
+            from emdlib.figures import save_figure
+            from emdlib.figures.data import fig3_grid
 
             root = Path(run["root"])
             splits = load_splits(root / "splits")

@@ -3,8 +3,9 @@ accuracy (and IoU/F1), with each run's wall time and device.
 
     python benchmarks/emd_cells.py --preset cpu --out results/benchmarks/emd_cells_cpu.json
 
-Runs go through :func:`emdlib.experiments.run_grid`, so cells that notebook 02 already trained are read back from
-their run records (``results/<preset>/runs``) instead of retrained; missing ones are trained now.
+Runs go through :func:`emdlib.study.experiments.run_grid`, so cells that notebook 02 already trained are read back from
+their run records (``results/<preset>/runs``) instead of retrained; missing ones are trained now. The data and
+FER-stream stages (notebooks 00 and 01) are ensured first.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import os
 import platform
 from pathlib import Path
 
-from emdlib import experiments, study
 from emdlib.io import write_json
-from emdlib.presets import get_preset
+from emdlib.study import Study, ensure_stages, experiments
 
 SYSTEMS = ["EMD", "XceptionNet (seg)"]
 KEYS = ["accuracy", "auc", "ap", "eer", "video_accuracy", "pixel_accuracy", "iou", "f1", "pixel_auc"]
@@ -31,11 +31,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    preset = get_preset(args.preset)
-    paths = study.study_paths(args.preset, args.data_root, args.results)
-    study.ensure_world(paths, preset)
-    study.ensure_cache(paths, preset)
-    records = experiments.run_grid(paths, preset, SYSTEMS, list(preset.emd.cells))
+    study = Study.open(args.preset, args.data_root, args.results)
+    preset = study.preset
+    ensure_stages(study, ["02"])  # what notebook 02 needs: the data and FER-stream stages
+    records = experiments.run_grid(study, SYSTEMS, list(preset.emd.cells))
     rows = [{"system": r["system"], "method": r["method"], "compression": r["compression"],
              **{k: r["metrics"].get(k) for k in KEYS}, "n_test_images": r["config"]["n_test_images"],
              "wall_time_s": r.get("wall_time_s"), "device": r.get("device"), "run": r["run"]} for r in records]

@@ -1,6 +1,6 @@
 """Benchmark: ESR (B branches) and SimFER on a subject-disjoint split of CK+ (48 px, 7 classes), CPU-sized.
 
-Trains both FER streams with :func:`emdlib.fer.train_fer` (joint schedule, Eq. 1, official augmentation), keeps the
+Trains both FER streams with :func:`emdlib.train_fer.train_fer` (joint schedule, Eq. 1, official augmentation), keeps the
 best epoch by validation ensemble accuracy, and reports per-branch and ensemble accuracy on the held-out subjects.
 CK+ has no neutral images, so 7 of the 8 AffectNet classes occur; chance (majority class) is reported too.
 
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from emdlib.data.expressions import EXPRESSIONS, ExpressionDataset, folder_samples, subject_id, subject_split
-from emdlib.fer import FERTrainConfig, evaluate, train_fer
 from emdlib.io import write_json
 from emdlib.models.esr import ESR
 from emdlib.models.simfer import SimFER
+from emdlib.train_fer import FERTrainConfig, evaluate, train_fer
 
 log = logging.getLogger("fer_ckplus")
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, (model, interp) in nets.items():
             batch = torch.stack([to_tensor(cv2.resize(c, (256, 256), interpolation=interp)) for c in crops])
             with torch.no_grad():
-                p_fake = model((batch - 0.5) / 0.5)["logits"].softmax(1)[:, 1].numpy()
+                p_fake = model((batch - 0.5) / 0.5).logits.softmax(1)[:, 1].numpy()
             scores[name][key] = p_fake.tolist()
         log.info("%s: %d crops", key, len(crops))
 

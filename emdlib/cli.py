@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from emdlib import __version__
 from emdlib.presets import PRESETS, get_preset
 
 log = logging.getLogger("emdlib")
@@ -77,7 +78,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_forge(args: argparse.Namespace) -> int:
-    from emdlib.data.forge import build_faces_world
+    from emdlib.data.photos import build_faces_world
 
     cfg = _data_config(args)
     summary = build_faces_world(Path(args.faces), Path(args.out), cfg, seed=args.seed)
@@ -156,6 +157,7 @@ exit status:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -27,7 +27,7 @@ frame is scored, not only the largest. Face crops of many frames are scored toge
   its input size and validation accuracy, from its sidecar or its run record — goes with every result; a model
   trained on the synthetic world is flagged.
 
-Works with any emdlib detector checkpoint (safetensors + sidecar, :mod:`emdlib.models.registry`) and with the
+Works with any emdlib detector checkpoint (safetensors + sidecar, :mod:`emdlib.registry`) and with the
 official MesoNet Keras weights (``*.h5``). Bad inputs never stop a batch: each gets a :class:`MediaResult` whose
 ``error`` says why (:func:`detect_file` never raises for a bad input).
 
@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from emdlib.data import faces as facelib
 from emdlib.data.faces import resize_crop
@@ -173,8 +173,8 @@ class Detector:
     """A trained network plus its input convention.
 
     :meth:`score_faces` maps RGB uint8 face crops (any size; resized to ``image_size``) to fake probabilities and
-    predicted masks. The model follows the training-loop contract ``model(image, fer_image) -> {"logits",
-    "mask_logits"}``.
+    predicted masks. The model keeps the detector contract ``model(image, fer_image) -> DetectorOutput``
+    (:mod:`emdlib.models.detector`).
     """
 
     def __init__(self, model: torch.nn.Module, image_size: int, device: str | torch.device | None = None,
@@ -200,7 +200,7 @@ class Detector:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found")
-        from emdlib.models import registry
+        from emdlib import registry
 
         if path.suffix.lower() in (".h5", ".hdf5"):
             model = registry.mesonet_from_h5(path)
@@ -227,9 +227,8 @@ class Detector:
         for start in range(0, len(batch), self.batch_size):
             rgb01 = to_tensor(batch[start : start + self.batch_size]).to(self.device)
             out = self.model(xception_input(rgb01), esr_input(rgb01))
-            probs.append(torch.softmax(out["logits"].float(), dim=1)[:, 1].cpu().numpy())
-            ml = out.get("mask_logits") if hasattr(out, "get") else None
-            masks.append(None if ml is None else torch.sigmoid(ml.float())[:, 0].cpu().numpy())
+            probs.append(out.prob.cpu().numpy())
+            masks.append(None if out.mask_logits is None else out.mask_prob.cpu().numpy())
         if not probs:
             return np.zeros(0, np.float32), None
         return np.concatenate(probs), (None if any(m is None for m in masks) else np.concatenate(masks))

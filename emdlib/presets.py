@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 METHODS: tuple[str, ...] = ("Deepfakes", "Face2Face", "NeuralTextures")
@@ -58,7 +57,7 @@ class FERConfig:
     batch_size: int = 32
     lr: float = 0.1
     esr_weights: str | None = None  # folder with the official ESR-9 .pt files; skips training when given
-    optimizer: str = "sgd"  # sgd (official, momentum 0.9) | adam; see emdlib.fer.FERTrainConfig
+    optimizer: str = "sgd"  # sgd (official, momentum 0.9) | adam; see emdlib.train_fer.FERTrainConfig
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class EMDConfig:
     lr: float = 1e-3
     pretrained: bool = False
     max_batches: int | None = None  # cap on training batches per epoch (smoke-test presets only)
-    curve_points: int | None = None  # Fig. 6: number of training-set sizes (None: emdlib.analysis default)
+    curve_points: int | None = None  # Fig. 6: number of training-set sizes (None: emdlib.study.experiments default)
     curve_cells: int = 2  # Fig. 6: panels (F2F, then NT or DF), as the paper
     cells: tuple[tuple[str, str], ...] = (("Face2Face", "c23"),)
     # BatchNorm momentum of MesoNet (PyTorch convention; None = Keras' 0.99, i.e. 0.01): short runs need a shorter
@@ -142,7 +141,3 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
-
-def results_dir(preset: str, root: str | Path = "results") -> Path:
-    """``results/<preset>/``: tables, figures, run records and executed notebooks of one preset."""
-    return Path(root) / preset

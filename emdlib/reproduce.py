@@ -1,7 +1,10 @@
 """``emd reproduce``: run the numbered notebooks in order with papermill (the whole study for one preset).
 
-Each notebook receives ``preset``, ``data_root`` and ``results_root`` in its ``parameters`` cell; executed copies go
-to ``results/<preset>/notebooks/``. Notebooks are stored without outputs; only the executed copies carry them.
+The study is opened once (:meth:`emdlib.study.Study.open`) and its parameters (:data:`emdlib.study.STUDY_PARAMETERS`:
+``preset``, ``data_root``, ``results_root`` and the study's overrides) go to every notebook's ``parameters`` cell, so
+each notebook reopens the same study; executed copies go to ``results/<preset>/notebooks/``. Notebooks are stored
+without outputs; only the executed copies carry them. Notebook 00 is the data stage and 01 the FER-stream stage;
+when ``only`` leaves them out, they are ensured here first (:func:`emdlib.study.ensure_stages`).
 
 Extra parameters (``emd reproduce -p NAME VALUE``) are checked against what the notebooks being run declare in their
 ``parameters`` cell (papermill's parameter inference, :func:`papermill.inspect_notebook`), before any notebook runs:
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from emdlib.io import read_json, write_json
-from emdlib.presets import get_preset, results_dir
+from emdlib.study import STUDY_OVERRIDES, Study, ensure_stages
 
 log = logging.getLogger(__name__)
 
@@ -372,32 +375,31 @@ def reproduce(
     ``notebook_dir`` defaults to :data:`NOTEBOOK_DIR` (the repository's ``notebooks/``). ``raw_parameters`` (text,
     typed by each notebook's declarations) and ``extra_parameters`` (Python values, checked against them) go to the
     notebooks that declare them; both are validated before the first notebook starts (:func:`resolve_parameters`,
-    :class:`ParameterError`). Progress: one log line per notebook, a per-cell progress
-    bar (``progress``, on a terminal) and, with ``log_output``, the cells' printed output in the log.
+    :class:`ParameterError`). Those named in :data:`emdlib.study.STUDY_OVERRIDES` also open the study. Progress: one
+    log line per notebook, a per-cell progress bar (``progress``, on a terminal) and, with ``log_output``, the cells'
+    printed output in the log.
 
     Raises :class:`NotebookError` (one-line message; the partly executed copy is kept) when a notebook fails.
     """
     import papermill as pm
 
-    get_preset(preset)  # fail early on an unknown name
     selected = select_notebooks(only, NOTEBOOK_DIR if notebook_dir is None else notebook_dir)
     extras = resolve_parameters(selected, raw_parameters, extra_parameters)
-    out_dir = results_dir(preset, results_root) / "notebooks"
+    overrides = {k: v for given in extras.values() for k, v in given.items() if k in STUDY_OVERRIDES}
+    study = Study.open(preset, data_root, results_root, **overrides)
+    out_dir = study.paths.results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = {
-        "preset": preset,
-        "data_root": str(Path(data_root).resolve()),
-        "results_root": str(Path(results_root).resolve()),
-    }
+    base = study.parameters()
+    ensure_stages(study, [nb.name[:2] for nb in selected])
     # timings.json holds this run's times as they come (notebook 07 reports them) and, for the notebooks not run
     # now (--only), their earlier times; the entries of the notebooks about to run are dropped first, never stale
-    timings_path = results_dir(preset, results_root) / "timings.json"
+    timings_path = study.paths.results / "timings.json"
     previous = read_json(timings_path) if timings_path.is_file() else {}
     kept = {k: v for k, v in previous.items() if k not in {nb.name for nb in selected}}
     timings: dict[str, float] = {}
     for i, nb in enumerate(selected, 1):
         write_json(timings_path, dict(sorted({**kept, **timings}.items())))
-        params = {**base, **extras[nb.name]}
+        params = {**base, **{k: v for k, v in extras[nb.name].items() if k not in STUDY_OVERRIDES}}
         log.info("[%d/%d] running %s (preset %s%s)", i, len(selected), nb.name, preset,
                  "".join(f", {k}={v!r}" for k, v in extras[nb.name].items()))
         t0 = time.perf_counter()

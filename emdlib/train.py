@@ -1,13 +1,15 @@
 """Training protocol of the manipulation stream (paper §III-D Eqs. 6–8, §III-E Algorithm 1, §IV-B).
 
-One loop for EMD, its variants and every trainable baseline (team training-loop contract):
+One loop for EMD, its variants and every trainable baseline, through the detector contract
+(:class:`emdlib.models.detector.DetectorNet`):
 
-* ``model(image, fer_image) -> {"logits": (N,2), "mask_logits": (N,1,S,S) or None, ...}``;
-* loss: ``model.compute_loss(output, batch) -> (loss, parts)`` when the model has one, else Eq. 8
-  (:func:`manipulation_loss`: Eq. 6 cross-entropy on the class logits + Eq. 7 per-pixel BCE on the mask logits);
+* ``model(image, fer_image) -> DetectorOutput(logits (N,2), mask_logits (N,1,S,S) or None, extras)``;
+* loss: ``model.compute_loss(output, batch) -> (loss, parts)`` — Eq. 8 by default
+  (:func:`emdlib.models.detector.manipulation_loss`: Eq. 6 cross-entropy on the class logits + Eq. 7 per-pixel BCE
+  on the mask logits), the baseline's own loss where its paper trains with another;
 * warm-up (§IV-B "we fix all weights up to the last convolutional layer and pre-train the network for 3 epochs"):
-  only ``model.warmup_parameters()`` train; then the whole network (``model.trainable_parameters()`` when defined,
-  e.g. EMD excludes its frozen FER stream) for the remaining epochs;
+  only ``model.warmup_parameters()`` train; then the whole network (``model.trainable_parameters()``, e.g. EMD
+  excludes its frozen FER stream) for the remaining epochs; ``model.after_step()`` after every optimiser step;
 * Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16; the best model by validation accuracy (ties: lower validation
   loss, :func:`is_better`) is kept (``best.safetensors``) and loaded back into the model at the end.
 
@@ -34,12 +36,17 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+# tqdm.asyncio, not tqdm.auto: plain-text bars, never ipywidgets (which executed notebooks cannot show outside
+# Jupyter). Not plain tqdm either: the asyncio variant (which tqdm.auto also builds on) makes one iterator of the
+# DataLoader when the bar is created, and that iterator draws from the loader's seeded generator; the shuffle order
+# of every recorded run depends on that draw, so changing the bar class would change the results.
+from tqdm.asyncio import tqdm
 
 from emdlib.checkpoint import CheckpointError, load_checkpoint, load_meta, repair_sidecar, save_checkpoint
 from emdlib.io import remove_stale_temps
+from emdlib.models.detector import DetectorNet, DetectorOutput
+from emdlib.presets import EMDConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,52 +83,15 @@ class TrainConfig:
         return self.warmup_epochs + self.epochs
 
     @classmethod
-    def from_emd(cls, cfg: Any, seed: int = 0, **overrides: Any) -> "TrainConfig":
-        """From an :class:`emdlib.presets.EMDConfig` (warm-up/epochs/batch/lr/image size)."""
+    def from_preset(cls, cfg: EMDConfig, seed: int = 0, **overrides: Any) -> "TrainConfig":
+        """From a preset's :class:`emdlib.presets.EMDConfig`: warm-up and full epochs, batch size, learning rate,
+        image size and the smoke-test batch cap; the other fields keep their defaults (the paper's)."""
         base = dict(warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    seed=seed, image_size=cfg.image_size, max_batches=getattr(cfg, "max_batches", None))
+                    seed=seed, image_size=cfg.image_size, max_batches=cfg.max_batches)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Loss (Eqs. 6–8)
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def manipulation_loss(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 8: ``L_MANI = L_cls + L_seg``.
-
-    ``L_cls`` (Eq. 6): cross-entropy of the 2-way logits (index 1 = fake) against ``batch["label"]``.
-    ``L_seg`` (Eq. 7): binary cross-entropy of ``sigmoid(mask_logits)`` against the {0,1} ``batch["mask"]``, averaged
-    over pixels and images (computed from logits for numerical stability). Models without a mask output
-    (``mask_logits`` None) get ``L_seg = 0``.
-    """
-    logits = output["logits"]
-    loss_cls = F.cross_entropy(logits.float(), batch["label"].long())
-    mask_logits = output.get("mask_logits")
-    if mask_logits is None:
-        loss_seg = logits.new_zeros((), dtype=torch.float32)
-    else:
-        mask = batch["mask"]
-        if mask.shape != mask_logits.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match mask_logits {tuple(mask_logits.shape)}")
-        loss_seg = F.binary_cross_entropy_with_logits(mask_logits.float(), mask.float())
-    loss = loss_cls + loss_seg
-    return loss, {"loss": float(loss.detach()), "loss_cls": float(loss_cls.detach()), "loss_seg": float(loss_seg.detach())}
-
-
-def compute_loss(model: nn.Module, output: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """The model's own ``compute_loss`` when it has one (baselines), else Eq. 8."""
-    fn = getattr(model, "compute_loss", None)
-    if callable(fn):
-        loss, parts = fn(output, batch)
-        parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
-        parts.setdefault("loss", float(loss.detach()))
-        return loss, parts
-    return manipulation_loss(output, batch)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -201,16 +171,25 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def forward(model: nn.Module, batch: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
+def forward(model: DetectorNet, batch: Mapping[str, Any]) -> DetectorOutput:
     """``model(image, fer_image)`` (``fer_image`` None when the batch has none)."""
     return model(batch["image"], batch.get("fer_image"))
 
 
-def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+def compute_loss(model: DetectorNet, output: DetectorOutput, batch: Mapping[str, Any]
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``model.compute_loss`` with its parts as floats and ``"loss"`` (the total) always among them."""
+    loss, parts = model.compute_loss(output, batch)
+    parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+    parts.setdefault("loss", float(loss.detach()))
+    return loss, parts
+
+
+def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """One optimisation step on a batch already on the model's device; returns the loss parts.
 
-    Models with an ``after_step()`` method get it called after every optimiser step (constraint projections).
+    ``model.after_step()`` is called after every optimiser step (e.g. Bayar & Stamm's constraint projection).
     """
     optimizer.zero_grad(set_to_none=True)
     device_type = batch["image"].device.type
@@ -226,14 +205,12 @@ def train_step(model: nn.Module, batch: Mapping[str, Any], optimizer: torch.opti
     else:
         loss.backward()
         optimizer.step()
-    after_step = getattr(model, "after_step", None)
-    if callable(after_step):  # e.g. Bayar & Stamm's constrained first layer, projected after every step
-        after_step()
+    model.after_step()
     return parts
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: Iterable[Mapping[str, Any]], device: torch.device,
+def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: torch.device,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``."""
     was_training = model.training
@@ -245,7 +222,7 @@ def validate(model: nn.Module, loader: Iterable[Mapping[str, Any]], device: torc
             output = forward(model, batch)
             _, parts = compute_loss(model, output, batch)
         k = len(batch["label"])
-        correct += int((output["logits"].argmax(1) == batch["label"]).sum())
+        correct += int((output.logits.argmax(1) == batch["label"]).sum())
         for name, v in parts.items():
             sums[name] = sums.get(name, 0.0) + v * k
         n += k
@@ -260,16 +237,10 @@ def validate(model: nn.Module, loader: Iterable[Mapping[str, Any]], device: torc
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    fn = getattr(model, "trainable_parameters", None)
-    params = list(fn()) if callable(fn) else [p for p in model.parameters() if p.requires_grad]
-    return params
-
-
-def set_trainable(model: nn.Module, trainable: list[nn.Parameter], warmup: bool) -> None:
-    """Warm-up: only ``warmup_parameters()`` require grad; otherwise every trainable parameter does."""
-    fn = getattr(model, "warmup_parameters", None)
-    warm = {id(p) for p in fn()} if warmup and callable(fn) else None
+def set_trainable(model: DetectorNet, trainable: list[nn.Parameter], warmup: bool) -> None:
+    """Warm-up: only ``warmup_parameters()`` require grad (when the model has a warm-up of its own, else every
+    trainable parameter does); otherwise every trainable parameter does."""
+    warm = {id(p) for p in model.warmup_parameters()} if warmup and model.has_warmup() else None
     for p in trainable:
         p.requires_grad_(warm is None or id(p) in warm)
 
@@ -328,7 +299,7 @@ def _optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     return {"state": state, "param_groups": groups}
 
 
-def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save_training_state(path: str | Path, model: DetectorNet, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler | None, epoch: int, meta: Mapping[str, Any]) -> str:
     """``last.safetensors``: model + optimizer tensors + RNG states; scalars (epoch, history, ...) in the sidecar."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -416,7 +387,7 @@ def is_better(acc: float | None, loss: float, best_acc: float, best_loss: float)
     return acc is not None and (acc > best_acc or (acc == best_acc and loss < best_loss))
 
 
-def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir: str | Path,
+def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_dir: str | Path,
         config: TrainConfig = TrainConfig(), resume: bool = True,
         on_epoch_end: Callable[[dict], None] | None = None, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` with the §IV-B protocol; checkpoints in ``out_dir``; returns a summary.
@@ -445,15 +416,15 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    trainable = _trainable(model)
+    trainable = list(model.trainable_parameters())
     if not trainable:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    spec = model.spec() if callable(getattr(model, "spec", None)) else None
-    base_meta = {"model": spec, "image_size": config.image_size, "config": config.to_dict(), **dict(meta or {})}
-    if config.warmup_epochs and not callable(getattr(model, "warmup_parameters", None)):
-        log.info("%s has no warmup_parameters(); warm-up epochs train the whole network", type(model).__name__)
+    base_meta = {"model": model.spec(), "image_size": config.image_size, "config": config.to_dict(),
+                 **dict(meta or {})}
+    if config.warmup_epochs and not model.has_warmup():
+        log.info("%s has no warm-up of its own; warm-up epochs train the whole network", type(model).__name__)
 
     history: list[dict] = []
     best_acc, best_loss, best_epoch, start = -math.inf, math.inf, None, 0
@@ -536,7 +507,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None, out_dir
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Dataset | DataLoader, device: str | torch.device | None = None,
+def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.device | None = None,
             batch_size: int = 16, pixels_per_image: int = 256, seed: int = 0, keep_masks: bool = False,
             amp: bool = True, num_workers: int = 0) -> dict[str, np.ndarray]:
     """Run ``model`` over ``data`` and collect what :mod:`emdlib.metrics` needs, as numpy arrays.
@@ -562,16 +533,15 @@ def predict(model: nn.Module, data: Dataset | DataLoader, device: str | torch.de
             out = forward(model, batch)
         n = len(batch["label"])
         first, start = start, start + n
-        cols["prob"].append(torch.softmax(out["logits"].float(), 1)[:, 1].cpu().numpy())
+        cols["prob"].append(out.prob.cpu().numpy())
         cols["label"].append(batch["label"].cpu().numpy())
         for k in ("method", "compression", "video"):
             cols[k].append(np.asarray(batch.get(k, [""] * n), dtype=object))
         frame = batch.get("frame")
         cols["frame"].append(frame.cpu().numpy() if torch.is_tensor(frame) else np.asarray(frame if frame is not None else [-1] * n))
-        ml = out.get("mask_logits")
-        if ml is None or "mask" not in batch:
+        if out.mask_logits is None or "mask" not in batch:
             continue
-        prob = torch.sigmoid(ml.float())[:, 0]
+        prob = out.mask_prob
         gt = batch["mask"][:, 0] >= 0.5
         pred = prob >= 0.5
         for name, v in (("pixel_tp", pred & gt), ("pixel_fp", pred & ~gt), ("pixel_fn", ~pred & gt),

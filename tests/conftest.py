@@ -25,3 +25,34 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not found (shared test data absent)")
     return p
+
+
+@pytest.fixture
+def study(tmp_path: Path):
+    """An empty ``tiny`` study under ``tmp_path`` (its folders made, nothing run)."""
+    from emdlib.study import Study
+
+    return Study.open("tiny", tmp_path / "data", tmp_path / "results")
+
+
+@pytest.fixture
+def fake_run(study):
+    """Write a run record into ``study`` as :func:`emdlib.study.experiments.run_cell` would (no training); returns
+    ``fake_run(system, method, compression, accuracy, pixel_accuracy=None, seed=0, n_train_videos=None) -> run``."""
+    from emdlib.study.experiments import run_name
+    from emdlib.study.records import write_run_record
+
+    def write(system: str, method: str, compression: str, accuracy: float, pixel_accuracy: float | None = None,
+              seed: int = 0, n_train_videos: int | None = None) -> str:
+        name = run_name(system, method, compression, seed, n_train_videos)
+        metrics = {"accuracy": accuracy, "auc": 0.5}
+        if pixel_accuracy is not None:
+            metrics["pixel_accuracy"] = pixel_accuracy
+        config = {"system": system, "method": method, "compression": compression, "n_train_videos": n_train_videos,
+                  "n_test_images": 20, "preset": study.config()}
+        write_run_record(study.paths.results, name, metrics, config, seed, wall_time_s=1.5, preset=study.name,
+                         extra={"system": system, "method": method, "compression": compression,
+                                "n_train_videos": n_train_videos})
+        return name
+
+    return write

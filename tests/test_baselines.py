@@ -16,6 +16,7 @@ from emdlib.baselines.mesonet import Meso4, MesoInception4, official_to_logits
 from emdlib.baselines.rahmouni import Rahmouni
 from emdlib.baselines.steganalysis import (StegFeatures, cooccurrence, quantise, residuals, steg_features,
                                            steg_svm_pipeline)
+from emdlib.models.detector import DetectorOutput
 
 
 def n_params(module: nn.Module) -> int:
@@ -72,9 +73,9 @@ def test_classnseg_runs_at_the_preset_size_with_the_same_weights():
     small.load_state_dict(official.state_dict())  # fully convolutional: one set of weights for every size
     x = make_batch(2, 64)["image"]
     out = small(x)
-    assert out["latent"].shape == (2, 128, 4, 4) and out["normalised_input"].shape[-1] == 64
-    assert out["mask_logits"].shape == (2, 1, 64, 64)
-    assert official(x)["latent"].shape == (2, 128, 16, 16)  # the official size upsamples the 64-px face to 256
+    assert out.extras["latent"].shape == (2, 128, 4, 4) and out.extras["normalised_input"].shape[-1] == 64
+    assert out.mask_logits.shape == (2, 1, 64, 64)
+    assert official(x).extras["latent"].shape == (2, 128, 16, 16)  # the official size upsamples the 64-px face to 256
     with pytest.raises(ValueError, match="multiple of 16"):
         MultiTask(input_size=72)
 
@@ -85,7 +86,7 @@ def test_xception_parameter_count_and_warmup():
     warm = list(m.warmup_parameters())
     assert sum(p.numel() for p in warm) == 2048 * 2 + 2
     out = m.eval()(make_batch(2, 96)["image"])
-    assert out["logits"].shape == (2, 2) and out["mask_logits"] is None
+    assert out.logits.shape == (2, 2) and out.mask_logits is None
 
 
 @pytest.mark.parametrize("name", ["cozzolino", "bayar_stamm", "rahmouni", "mesonet", "meso4", "multitask"])
@@ -95,12 +96,12 @@ def test_output_contract(name, size):
     batch = make_batch(2, size)
     with torch.no_grad():
         out = model(batch["image"], batch["fer_image"])
-    assert out["logits"].shape == (2, 2)
-    assert torch.isfinite(out["logits"]).all()
+    assert out.logits.shape == (2, 2)
+    assert torch.isfinite(out.logits).all()
     if name == "multitask":
-        assert out["mask_logits"].shape == (2, 1, size, size)
+        assert out.mask_logits.shape == (2, 1, size, size)
     else:
-        assert out["mask_logits"] is None
+        assert out.mask_logits is None
 
 
 def test_multitask_ensfer_output_and_frozen_fer():
@@ -108,7 +109,7 @@ def test_multitask_ensfer_output_and_frozen_fer():
     model = MultiTaskEnsFER(fer=fer).eval()
     batch = make_batch(2, 64)
     out = model(batch["image"], batch["fer_image"])
-    assert out["logits"].shape == (2, 2) and out["mask_logits"].shape == (2, 1, 64, 64)
+    assert out.logits.shape == (2, 2) and out.mask_logits.shape == (2, 1, 64, 64)
     assert all(not p.requires_grad for p in fer.parameters())
     model.train()
     assert not fer.training  # stays in eval mode (frozen BN statistics)
@@ -128,8 +129,8 @@ def test_multitask_ensfer_starts_as_multitask():
     batch = make_batch(2, 64)
     with torch.no_grad():
         a, b = base(batch["image"]), ens(batch["image"], batch["fer_image"])
-    torch.testing.assert_close(a["logits"], b["logits"])
-    torch.testing.assert_close(a["mask_logits"], b["mask_logits"])
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.mask_logits, b.mask_logits)
 
 
 def test_registry_unknown_name():
@@ -150,7 +151,7 @@ def test_mesonet_logits_mean_fake():
 
 def test_mesonet_mse_loss_against_official_target():
     m = Meso4()
-    out = {"official_output": torch.tensor([0.9, 0.2])}  # P(real)
+    out = DetectorOutput(logits=torch.zeros(2, 2), extras={"official_output": torch.tensor([0.9, 0.2])})  # P(real)
     loss, parts = m.compute_loss(out, {"label": torch.tensor([0, 1])})  # real, fake → official targets 1, 0
     assert loss.item() == pytest.approx(((0.9 - 1) ** 2 + (0.2 - 0) ** 2) / 2)
 
@@ -176,7 +177,7 @@ def test_multitask_training_decodes_ground_truth_group():
     out = m(batch["image"])
     loss, parts = m.compute_loss(out, batch)
     out_gt = m(batch["image"], label=batch["label"])
-    assert torch.equal(out_gt["selected"], 1 - batch["label"])
+    assert torch.equal(out_gt.extras["selected"], 1 - batch["label"])
     # the re-decoded loss equals the loss of a forward pass that selected the ground truth directly
     loss_gt, _ = m.compute_loss(out_gt, batch)
     assert loss.item() == pytest.approx(loss_gt.item(), rel=1e-4)
@@ -297,11 +298,11 @@ def test_cozzolino_hard_quantisation_equals_steg_features(shape):
     expected = steg_features(grey)
     sharp = Cozzolino(temperature=1e-4).eval()
     with torch.no_grad():
-        got = sharp(_as_shared_input(grey))["features"].double().numpy()
+        got = sharp(_as_shared_input(grey)).extras["features"].double().numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
     soft = Cozzolino().eval()  # default τ = 0.1: still within 1 % of a bin's mass
     with torch.no_grad():
-        got_soft = soft(_as_shared_input(grey))["features"].double().numpy()
+        got_soft = soft(_as_shared_input(grey)).extras["features"].double().numpy()
     np.testing.assert_allclose(got_soft, expected, atol=1e-2)
 
 
@@ -363,7 +364,7 @@ def test_bayar_initial_filters_are_bounded_predictors():
 def test_mesonet_at_the_preset_size():
     m = MesoInception4(input_size=64).eval()
     assert m.dense1.in_features == 16 * 2 * 2
-    assert m(make_batch(2, 64)["image"])["logits"].shape == (2, 2)
+    assert m(make_batch(2, 64)["image"]).logits.shape == (2, 2)
     with pytest.raises(ValueError, match="multiple of 32"):
         Meso4(input_size=48)
     bns = [b for b in MesoInception4(bn_momentum=0.1).modules() if isinstance(b, nn.BatchNorm2d)]
@@ -435,7 +436,7 @@ def test_multitask_ensfer_with_emdlib_esr():
     batch = make_batch(2, 64)
     with torch.no_grad():
         out = model(batch["image"], batch["fer_image"])
-    assert out["logits"].shape == (2, 2) and out["mask_logits"].shape == (2, 1, 64, 64)
+    assert out.logits.shape == (2, 2) and out.mask_logits.shape == (2, 1, 64, 64)
     trainable = {id(p) for p in model.trainable_parameters()}
     assert not trainable & {id(p) for p in model.fer.parameters()}
     assert {id(p) for p in model.fusion.parameters()} <= trainable

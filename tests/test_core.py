@@ -154,3 +154,42 @@ def test_reproduce_runs_notebooks_in_order_with_parameters(tmp_path: Path) -> No
     seen = read_json(tmp_path / "res/tiny/seen_1.json")
     assert seen == {"00_a.ipynb": timings["00_a.ipynb"], "02_not_run.ipynb": 5.0}
     assert read_json(tmp_path / "res/tiny/timings.json") == {**timings, "02_not_run.ipynb": 5.0}
+
+
+def test_reproduce_ensures_the_stages_a_selection_skips(tmp_path: Path, monkeypatch) -> None:
+    import emdlib.study.data
+    import emdlib.study.fer
+    from emdlib.study import Study, ensure_stages
+
+    ran = []
+    monkeypatch.setattr(emdlib.study.data, "ensure_data", lambda study: ran.append("data"))
+    monkeypatch.setattr(emdlib.study.fer, "ensure_fer_streams", lambda study: ran.append("fer"))
+    study = Study.open("tiny", tmp_path / "data", tmp_path / "results")
+    for selected, expected in ((["02", "03"], ["data", "fer"]), (["01", "02"], ["data"]), (["00", "06"], ["fer"]),
+                               (["00", "01", "02"], []), (["01"], []), (["00"], [])):
+        ran.clear()
+        assert ensure_stages(study, selected) == [{"data": "data", "fer": "FER stream"}[s] for s in expected]
+        assert ran == expected, selected
+
+
+def test_study_parameters_reopen_the_same_study(tmp_path: Path) -> None:
+    from emdlib.study import STUDY_PARAMETERS, Study
+
+    study = Study.open("paper", tmp_path / "data", tmp_path / "results", ffpp_root=tmp_path / "ff",
+                       splits_dir=tmp_path / "splits", esr_weights=tmp_path / "esr9")
+    params = study.parameters()
+    assert tuple(params) == STUDY_PARAMETERS
+    again = Study.open(**params)
+    assert again == study and again.preset.fer.esr_weights == str(tmp_path / "esr9")
+    assert study.paths.world == tmp_path / "ff" and study.paths.splits == tmp_path / "splits"
+    assert study.paths.cache == tmp_path / "data" / "paper" / "cache"
+    assert Study.open("tiny", tmp_path / "d", tmp_path / "r").preset.fer.esr_weights is None
+
+
+def test_emd_version(capsys) -> None:
+    import emdlib
+    from emdlib import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"emd {emdlib.__version__}\n"

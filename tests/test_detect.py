@@ -1,4 +1,4 @@
-"""``emd detect`` (emdlib.detect) and the checkpoint registry (emdlib.models.registry).
+"""``emd detect`` (emdlib.detect) and the checkpoint registry (emdlib.registry).
 
 Real FF++ c23 clips from ../shared/data/ffpp-mini (trimmed to 20 frames), a tiny EMD trained a few steps on their
 face crops, the official MesoNet weights, and every kind of bad input. Rows are checked against an independent
@@ -25,7 +25,7 @@ from emdlib.data.images import read_image
 from emdlib.data.video import count_frames, read_frames, write_video
 from emdlib.detect import (EXIT_ALL_READ, EXIT_NONE_READ, EXIT_PARTIAL, ROW_COLUMNS, Detector, detect, detect_file,
                            exit_code, frame_sampler, resize_crop)
-from emdlib.models.registry import build_model, mesonet_from_h5, model_spec, save_detector
+from emdlib.registry import build_model, mesonet_from_h5, model_spec, save_detector
 
 FFPP = ("data", "ffpp-mini")
 REAL = FFPP + ("original_sequences", "youtube", "c23", "videos", "004.mp4")
@@ -68,7 +68,7 @@ def emd_checkpoint(clips, tmp_path_factory):
     written with :func:`save_detector`."""
     from emdlib.models.emd import EMD
     from emdlib.models.esr import ESR
-    from emdlib.train import manipulation_loss
+    from emdlib.models.detector import manipulation_loss
 
     crops, labels = [], []
     for label, name in ((0, "real"), (1, "fake")):
@@ -114,8 +114,8 @@ def test_emd_checkpoint_rebuilds_with_same_outputs(emd_checkpoint, emd_detector)
     x = torch.randn(2, 3, S, S)
     with torch.no_grad():
         a, b = rebuilt(x), model.eval()(x)
-    assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
-    assert torch.allclose(a["mask_logits"], b["mask_logits"], atol=1e-5)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.allclose(a.mask_logits, b.mask_logits, atol=1e-5)
 
 
 def test_baseline_checkpoint_and_fer_spec_formats(tmp_path):
@@ -125,10 +125,11 @@ def test_baseline_checkpoint_and_fer_spec_formats(tmp_path):
     det = Detector.from_checkpoint(tmp_path / "m.safetensors", device="cpu")
     assert det.image_size == 256 and type(det.model).__name__ == "MesoNet"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in det.model.state_dict().items())
-    # a FER stream described the way emdlib.fer.model_spec writes it is accepted
+    # a FER stream described by its registry spec is built inside the detector
     esr = build_model("esr", **{"num_branches": 2})
     assert esr.num_branches == 2
-    esr2 = build_model("emd", fer={"kind": "ESR", "num_branches": 2, "num_classes": 8}, encoder="xception41").fer
+    esr2 = build_model("emd", fer={"name": "esr", "kwargs": {"num_branches": 2, "num_classes": 8}},
+                       encoder="xception41").fer
     assert esr2.num_branches == 2
 
 

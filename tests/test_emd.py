@@ -31,9 +31,9 @@ def test_shapes_and_fer_on_encoder_grid_xception41(size, grid):
     cap = _Capture(model.last_conv.conv)
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size), torch.rand(2, 3, 96, 96))
-    assert out["logits"].shape == (2, 2)
-    assert out["mask_logits"].shape == (2, 1, size, size)
-    assert out["fer_branch"].shape == (2,) and out["fer_class"].shape == (2,)
+    assert out.logits.shape == (2, 2)
+    assert out.mask_logits.shape == (2, 1, size, size)
+    assert out.extras["fer_branch"].shape == (2,) and out.extras["fer_class"].shape == (2,)
     # the concatenated input of the rebuilt last conv: 1536 encoder + 512 FER channels on the OS16 grid
     assert cap.shapes == [(2, 1536 + 512, grid, grid)]
     assert model.encoder_grid(size) == (grid, grid)
@@ -44,7 +44,7 @@ def test_shapes_at_299_xception65():
     cap = _Capture(model.last_conv.conv)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 299, 299))  # fer_image derived from the image (96×96 BGR)
-    assert out["mask_logits"].shape == (1, 1, 299, 299) and out["logits"].shape == (1, 2)
+    assert out.mask_logits.shape == (1, 1, 299, 299) and out.logits.shape == (1, 2)
     assert cap.shapes == [(1, 2048, 19, 19)]  # 19×19 at OS16 (reference-facts §A.9)
     assert len(model.encoder.blocks) == 21  # xception65: 3 entry + 16 middle + 2 exit blocks
 
@@ -66,7 +66,7 @@ def test_rebuilt_last_conv_width_and_init():
     ref_pw = reference.blocks[-1].stack[-1].conv_pw.weight
     assert torch.equal(plain.last_conv.conv.weight, ref_pw)
     out = plain.eval()(torch.randn(1, 3, 64, 64))
-    assert out["mask_logits"].shape == (1, 1, 64, 64) and "fer_branch" not in out
+    assert out.mask_logits.shape == (1, 1, 64, 64) and "fer_branch" not in out.extras
 
 
 def test_plain_model_matches_the_uncut_encoder():
@@ -129,10 +129,11 @@ def test_pretrained_from_local_file(tmp_path):
 
 def test_checkpoint_rebuilds_emd_with_its_fer_stream(tmp_path):
     from emdlib.checkpoint import save_checkpoint
-    from emdlib.models.registry import model_from_checkpoint
+    from emdlib.registry import model_from_checkpoint
 
     torch.manual_seed(0)
-    model = EMD(_esr(), encoder="xception41", fer_spec={"kind": "ESR", "num_branches": 2, "num_classes": 8}).eval()
+    model = EMD(_esr(), encoder="xception41").eval()
+    assert model.spec()["kwargs"]["fer"] == {"name": "esr", "kwargs": {"num_branches": 2, "num_classes": 8}}
     path = tmp_path / "emd.safetensors"
     save_checkpoint(path, model.state_dict(), {"model": model.spec(), "image_size": 64})
     rebuilt, meta = model_from_checkpoint(path)
@@ -140,24 +141,22 @@ def test_checkpoint_rebuilds_emd_with_its_fer_stream(tmp_path):
     x, f = torch.randn(2, 3, 64, 64), torch.rand(2, 3, 96, 96)
     with torch.no_grad():
         a, b = model(x, f), rebuilt(x, f)
-    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["mask_logits"], b["mask_logits"])
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.mask_logits, b.mask_logits)
 
 
-def test_checkpoints_with_a_simfer_stream_or_a_fer_spec_rebuild(tmp_path):
-    # regressions: XceptionNet+SimFER checkpoints failed on SimFER(num_branches=...), and a FER checkpoint written
-    # with emdlib.fer.model_spec ({"kind": ...}) failed with KeyError 'name'
+def test_checkpoints_with_a_simfer_stream_rebuild(tmp_path):
+    # regression: XceptionNet+SimFER checkpoints failed on SimFER(num_branches=...)
     from emdlib.checkpoint import save_checkpoint
-    from emdlib.fer import model_spec as fer_spec
-    from emdlib.models.registry import model_from_checkpoint
     from emdlib.models.simfer import SimFER
+    from emdlib.registry import model_from_checkpoint, save_fer_stream
 
     torch.manual_seed(0)
     simfer = SimFER()
-    model = EMD(simfer, encoder="xception41", fer_spec=fer_spec(simfer)).eval()
+    model = EMD(simfer, encoder="xception41").eval()
     save_checkpoint(tmp_path / "emd.safetensors", model.state_dict(), {"model": model.spec(), "image_size": 64})
     rebuilt, _ = model_from_checkpoint(tmp_path / "emd.safetensors")
     assert type(rebuilt.fer).__name__ == "SimFER"
-    save_checkpoint(tmp_path / "fer.safetensors", simfer.state_dict(), {"model": fer_spec(simfer)})
+    save_fer_stream(tmp_path / "fer.safetensors", simfer)
     alone, _ = model_from_checkpoint(tmp_path / "fer.safetensors")
     assert all(torch.equal(v, simfer.state_dict()[k]) for k, v in alone.state_dict().items())
     with pytest.raises(ValueError, match="one branch"):

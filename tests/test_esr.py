@@ -198,7 +198,7 @@ def test_select_branch_returns_the_selected_map():
 
 
 def test_esr_overfits_a_tiny_batch():
-    from emdlib.fer import fer_loss
+    from emdlib.train_fer import fer_loss
 
     torch.manual_seed(0)
     m = ESR(num_branches=2)

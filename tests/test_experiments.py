@@ -1,9 +1,13 @@
-"""The experiment registry: every paper row maps to a system we build; run ids; protocol checks on reuse."""
+"""emdlib.study.experiments: every paper row maps to a system we build; run ids; protocol checks on reuse; which runs
+Table V and Figs. 4–7 use; the FER stream comes from its own stage."""
 
 from __future__ import annotations
 
-from emdlib import experiments, paper
-from emdlib.presets import get_preset
+import pytest
+
+from emdlib import paper
+from emdlib.presets import DataConfig, EMDConfig, Preset, get_preset
+from emdlib.study import experiments
 
 
 def test_every_reproduced_paper_row_has_a_system() -> None:
@@ -55,3 +59,77 @@ def test_baselines_take_their_input_size_and_weights_from_the_preset() -> None:
     assert experiments.baseline_kwargs(experiments.SYSTEMS["MesoNet"], paper) == {"input_size": 256}  # Keras' 0.99
     assert experiments.baseline_kwargs(experiments.SYSTEMS["Bayar and Stamm"], paper) == {"input_size": 128}
     assert experiments.baseline_kwargs(experiments.SYSTEMS["Rahmouni et al."], tiny) == {}
+
+
+def test_training_size_points_increase_within_train_size():
+    tiny = get_preset("tiny")
+    assert experiments.training_size_points(tiny) == [2, 2 * tiny.data.pairs[0]]
+    for name in ("cpu", "faces", "paper"):
+        preset = get_preset(name)
+        pts = experiments.training_size_points(preset)
+        total = 2 * preset.data.pairs[0]
+        assert pts == sorted(set(pts)) and len(pts) >= 3
+        assert pts[0] >= 1 and pts[-1] == total
+    assert experiments.training_size_points(get_preset("paper"))[0] == 10
+    assert len(experiments.training_size_points(get_preset("cpu"), n_points=3)) == 3
+    one = Preset("one", data=DataConfig(pairs=(1, 1, 1)))
+    assert experiments.training_size_points(one) == [2]
+
+
+def test_training_size_plan_cells():
+    assert experiments.training_size_plan(get_preset("tiny"))["cells"] == [("Face2Face", "c23")]
+    plan = experiments.training_size_plan(get_preset("faces"))
+    assert plan["cells"] == [("Face2Face", "c23"), ("NeuralTextures", "c23")]
+    assert len(plan["seeds"]) >= 3
+    cpu = experiments.training_size_plan(get_preset("cpu"))  # the preset asks for one panel and three sizes
+    assert cpu["cells"] == [("Face2Face", "c23")] and len(cpu["points"]) == 3
+
+
+def test_paper_cells():
+    assert experiments.paper_cells(get_preset("paper")) == [("Face2Face", "c23"), ("NeuralTextures", "c23")]
+    assert experiments.paper_cells(get_preset("tiny")) == [("Face2Face", "c23")]
+    with pytest.raises(ValueError, match="no Face2Face"):
+        experiments.paper_cells(Preset("x", emd=EMDConfig(cells=(("Deepfakes", "c23"),))))
+
+
+def test_a_cell_without_its_fer_stream_names_the_notebook_that_makes_it(study):
+    with pytest.raises(FileNotFoundError, match="esr.safetensors.*notebook 01_fer_training"):
+        experiments.build_system(study, experiments.SYSTEMS["EMD"])
+    assert not any(study.paths.expressions.glob("*/*.png"))  # nothing was rendered or trained instead
+
+
+def test_a_cell_without_the_face_cache_names_the_notebook_that_makes_it(study):
+    with pytest.raises(FileNotFoundError, match="manifest.csv.*notebook 00_data_prep"):
+        experiments.cell_datasets(study, "Face2Face", "c23")
+
+
+def test_a_fer_stream_of_another_configuration_is_refused(study):
+    from emdlib.registry import build_model, save_fer_stream
+    from emdlib.study.fer import load_fer_stream
+
+    save_fer_stream(study.paths.checkpoints / "esr.safetensors", build_model("esr", num_branches=3))
+    with pytest.raises(ValueError, match="needs .*'num_branches': 2.*notebook 01"):
+        load_fer_stream(study, "ESR")  # the tiny preset's ESR has 2 branches
+    save_fer_stream(study.paths.checkpoints / "esr.safetensors", build_model("esr", num_branches=2))
+    assert load_fer_stream(study, "ESR").num_branches == 2
+
+
+def test_baselines_record_one_spec_built_from_the_arguments_they_were_built_with(study):
+    from emdlib.registry import model_from_checkpoint, save_detector
+
+    model, spec = experiments.build_system(study, experiments.SYSTEMS["MesoNet"])
+    assert spec == {"name": "mesonet", "kwargs": {"input_size": 64, "bn_momentum": 0.1}}
+    assert model.input_size == 64
+    save_detector(study.paths.checkpoints / "m.safetensors", model, 64, spec=spec)
+    rebuilt, _ = model_from_checkpoint(study.paths.checkpoints / "m.safetensors")
+    assert rebuilt.input_size == 64
+
+
+def test_figures_read_finished_runs_and_never_train(study, fake_run):
+    fake_run("EMD", "Face2Face", "c23", 0.5)
+    with pytest.raises(FileNotFoundError, match=r"xceptionnet-seg__Face2Face__c23__s0.*notebook 02"):
+        experiments.finished_runs(study, ["EMD", "XceptionNet (seg)"], [("Face2Face", "c23")],
+                                  made_by="notebook 02_emd_training")
+    fake_run("XceptionNet (seg)", "Face2Face", "c23", 0.4)
+    recs = experiments.finished_runs(study, ["EMD", "XceptionNet (seg)"], [("Face2Face", "c23")])
+    assert [r["metrics"]["accuracy"] for r in recs] == [0.5, 0.4]

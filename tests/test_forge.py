@@ -1,4 +1,5 @@
-"""forge: the three manipulations on real London faces, clips from photos and the FF++-layout writer."""
+"""The forge world: the three manipulations (emdlib.data.forge) and their warps (emdlib.data.warps) on real London
+faces, clips from photos (emdlib.data.photos) and the FF++-layout writer (emdlib.data.world)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emdlib.data import forge
+from emdlib.data import ffpp, forge, photos, warps
 from emdlib.data.clip import Clip
 from emdlib.data.video import count_frames, read_frames
+from emdlib.data.world import write_world
 from emdlib.presets import DataConfig
 
 from conftest import shared_path
@@ -27,7 +29,7 @@ def london() -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
     out = {}
     for p in PEOPLE:
         for kind in ("neutral", "smiling"):
-            r = forge.read_face_photo(root / kind / f"{p}.jpg")
+            r = photos.read_face_photo(root / kind / f"{p}.jpg")
             assert not isinstance(r, str), r
             out[p, kind] = r
     return out
@@ -38,7 +40,7 @@ def frames(london) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
     """One still frame (face-centred crop, SIZE px) per photo, with its landmarks."""
     out = {}
     for i, (key, (img, lms)) in enumerate(sorted(london.items())):
-        clip = forge.clip_from_photo(img, lms, np.random.default_rng(i), 1, SIZE)
+        clip = photos.clip_from_photo(img, lms, np.random.default_rng(i), 1, SIZE)
         out[key] = (clip.frames[0], clip.landmarks[0])
     return out
 
@@ -76,12 +78,12 @@ def test_mask_covers_exactly_the_change(frames, method, person):
 def test_face2face_moves_mouth_corners_to_the_smile(frames, person):
     frame, lms = frames[person, "neutral"]
     src_frame, src_lms = frames[person, "smiling"]
-    new = forge.transfer_expression(lms, src_lms, forge.F2F_POINTS)
+    new = warps.transfer_expression(lms, src_lms, forge.F2F_POINTS)
     # smiling widens the mouth: the corners move apart by a visible amount
     width = lambda p: float(np.linalg.norm(p[54] - p[48]))
     assert width(new) > width(lms) + 1.0
     # stable points do not move (only expression moves, not head pose)
-    np.testing.assert_array_equal(new[forge.NOSE], lms[forge.NOSE])
+    np.testing.assert_array_equal(new[warps.NOSE], lms[warps.NOSE])
     fake, mask = forge.face2face(frame, lms, src_lms, src_frame)
     # the pixels at the new mouth corners changed and lie inside the mask
     for k in (48, 54):
@@ -98,10 +100,10 @@ def test_both_ways_and_identity_source(frames):
     """smile -> neutral works too and moves the corners back; the same source/target gives (almost) no motion."""
     p = PEOPLE[1]
     (fn, ln), (fs, ls) = frames[p, "neutral"], frames[p, "smiling"]
-    to_neutral = forge.transfer_expression(ls, ln, forge.F2F_POINTS)
+    to_neutral = warps.transfer_expression(ls, ln, forge.F2F_POINTS)
     width = lambda q: float(np.linalg.norm(q[54] - q[48]))
     assert width(to_neutral) < width(ls) - 1.0
-    same = forge.transfer_expression(ln, ln, forge.F2F_POINTS)
+    same = warps.transfer_expression(ln, ln, forge.F2F_POINTS)
     np.testing.assert_allclose(same, ln, atol=1e-3)
 
 
@@ -110,26 +112,26 @@ def test_similarity_transform_recovers_known_motion():
     pts = rng.uniform(0, 100, (20, 2))
     a = np.deg2rad(12.0)
     m = np.array([[1.3 * np.cos(a), -1.3 * np.sin(a), 5.0], [1.3 * np.sin(a), 1.3 * np.cos(a), -7.0]])
-    np.testing.assert_allclose(forge.similarity_transform(pts, forge.apply_affine(m, pts)), m, atol=1e-4)
+    np.testing.assert_allclose(warps.similarity_transform(pts, warps.apply_affine(m, pts)), m, atol=1e-4)
 
 
 def test_piecewise_affine_identity_and_translation():
     pts = np.array([[0, 0], [63, 0], [0, 47], [63, 47], [30, 20]], np.float32)
-    mx, my, cov = forge.piecewise_affine_map(pts, pts, (48, 64))
+    mx, my, cov = warps.piecewise_affine_map(pts, pts, (48, 64))
     yy, xx = np.mgrid[0:48, 0:64]
     assert cov.all()
     np.testing.assert_array_equal(mx, xx)
     np.testing.assert_array_equal(my, yy)
     moved = pts.copy()
     moved[4] += (3, 2)
-    mx, my, _ = forge.piecewise_affine_map(pts, moved, (48, 64))
+    mx, my, _ = warps.piecewise_affine_map(pts, moved, (48, 64))
     # the moved vertex samples the original vertex
     assert abs(mx[22, 33] - 30) < 1e-3 and abs(my[22, 33] - 20) < 1e-3
 
 
 def test_clip_from_photo_motion_landmarks_and_blink(london):
     img, lms = london[PEOPLE[0], "neutral"]
-    clip = forge.clip_from_photo(img, lms, np.random.default_rng(5), 12, 96, expression="neutral", identity="x")
+    clip = photos.clip_from_photo(img, lms, np.random.default_rng(5), 12, 96, expression="neutral", identity="x")
     assert clip.frames.shape == (12, 96, 96, 3) and clip.landmarks.shape == (12, 68, 2)
     assert clip.expressions == ["neutral"] * 12
     # the face is centred and inside the frame
@@ -144,17 +146,17 @@ def test_clip_from_photo_motion_landmarks_and_blink(london):
     opening = np.linalg.norm(clip.landmarks[:, 37] - clip.landmarks[:, 41], axis=1)
     assert opening.min() < 0.4 * opening.max()
     # deterministic with the same generator
-    again = forge.clip_from_photo(img, lms, np.random.default_rng(5), 12, 96, expression="neutral", identity="x")
+    again = photos.clip_from_photo(img, lms, np.random.default_rng(5), 12, 96, expression="neutral", identity="x")
     np.testing.assert_array_equal(again.frames, clip.frames)
 
 
 def test_scale_pairs():
-    assert forge.scale_pairs((36, 7, 7), 102) == (36, 7, 7)
-    assert forge.scale_pairs((36, 7, 7), 20) == (16, 2, 2)
-    assert forge.scale_pairs((3, 1, 1), 3) == (1, 1, 1)
-    assert forge.scale_pairs((3, 1, 1), 2) == (1, 0, 1)
-    assert forge.scale_pairs((3, 1, 1), 1) == (1, 0, 0)
-    assert sum(forge.scale_pairs((360, 70, 70), 51)) == 51
+    assert photos.scale_pairs((36, 7, 7), 102) == (36, 7, 7)
+    assert photos.scale_pairs((36, 7, 7), 20) == (16, 2, 2)
+    assert photos.scale_pairs((3, 1, 1), 3) == (1, 1, 1)
+    assert photos.scale_pairs((3, 1, 1), 2) == (1, 0, 1)
+    assert photos.scale_pairs((3, 1, 1), 1) == (1, 0, 0)
+    assert sum(photos.scale_pairs((360, 70, 70), 51)) == 51
 
 
 def _mtimes(root: Path) -> dict[str, int]:
@@ -165,32 +167,32 @@ def test_write_world_round_trip_and_resume(london, tmp_path):
     clips = {}
     for i, key in enumerate([(PEOPLE[0], "neutral"), (PEOPLE[0], "smiling"), (PEOPLE[1], "smiling"), (PEOPLE[1], "neutral")]):
         img, lms = london[key]
-        clips[f"{i:03d}"] = forge.clip_from_photo(img, lms, np.random.default_rng(i), 4, 64, identity=key[0])
+        clips[f"{i:03d}"] = photos.clip_from_photo(img, lms, np.random.default_rng(i), 4, 64, identity=key[0])
     # the last clip is longer: its fakes must still follow the target's length
     img, lms = london[PEOPLE[1], "neutral"]
-    clips["003"] = forge.clip_from_photo(img, lms, np.random.default_rng(9), 5, 64)
+    clips["003"] = photos.clip_from_photo(img, lms, np.random.default_rng(9), 5, 64)
     pairs = {"train": [("000", "001")], "val": [("002", "003")], "test": []}
     cfg = DataConfig(pairs=(1, 1, 0), frames_per_clip=4, frame_size=64)
     root = tmp_path / "world"
-    summary = forge.write_world(root, clips, pairs, cfg, seed=0, progress=False)
+    summary = write_world(root, clips, pairs, cfg, seed=0, progress=False)
 
     n_fakes = 4 * len(cfg.methods)
     assert summary["videos_written"] == 4 * len(cfg.compressions) + n_fakes * (len(cfg.compressions) + 1)
     for vid, clip in clips.items():
         for comp in cfg.compressions:
-            p = forge.original_path(root, comp, vid)
+            p = ffpp.video_path(root, ffpp.ORIGINAL, comp, vid)
             assert count_frames(p) == len(clip)
     for method in cfg.methods:
         for t, s in [("000", "001"), ("001", "000"), ("002", "003"), ("003", "002")]:
             name = f"{t}_{s}"
-            m = forge.mask_path(root, method, name)
+            m = ffpp.mask_path(root, method, name)
             mask = read_frames(m)
             assert len(mask) == len(clips[t])
             assert mask[0].shape == (64, 64, 3)
             assert set(np.unique(np.stack(list(mask.values())))) <= {0, 255}  # lossless, still binary
             assert max(v.max() for v in mask.values()) == 255
             for comp in cfg.compressions:
-                v = forge.fake_path(root, method, comp, name)
+                v = ffpp.video_path(root, method, comp, name)
                 assert count_frames(v) == len(clips[t])
                 assert read_frames(v, [0])[0].shape == (64, 64, 3)
     # split JSONs as FF++ (lists of [a, b])
@@ -204,14 +206,14 @@ def test_write_world_round_trip_and_resume(london, tmp_path):
 
     # resumable: a second run writes nothing and touches no file
     before = _mtimes(root)
-    again = forge.write_world(root, clips, pairs, cfg, seed=0, progress=False)
+    again = write_world(root, clips, pairs, cfg, seed=0, progress=False)
     assert again["videos_written"] == 0
     assert again["videos_skipped"] == summary["videos_written"]
     assert _mtimes(root) == before
     # a deleted output is re-made, the rest is left alone
-    victim = forge.fake_path(root, "Deepfakes", "c40", "002_003")
+    victim = ffpp.video_path(root, "Deepfakes", "c40", "002_003")
     victim.unlink()
-    third = forge.write_world(root, clips, pairs, cfg, seed=0, progress=False)
+    third = write_world(root, clips, pairs, cfg, seed=0, progress=False)
     assert third["videos_written"] == 1 and victim.is_file()
 
 
@@ -219,9 +221,9 @@ def test_write_world_rejects_bad_splits(tmp_path):
     clip = Clip(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 68, 2), np.float32))
     cfg = DataConfig()
     with pytest.raises(ValueError, match="no clip"):
-        forge.write_world(tmp_path, {"000": clip}, {"train": [("000", "001")]}, cfg, 0, progress=False)
+        write_world(tmp_path, {"000": clip}, {"train": [("000", "001")]}, cfg, 0, progress=False)
     with pytest.raises(ValueError, match="twice"):
-        forge.write_world(tmp_path, {"000": clip, "001": clip, "002": clip},
+        write_world(tmp_path, {"000": clip, "001": clip, "002": clip},
                           {"train": [("000", "001")], "val": [("001", "002")]}, cfg, 0, progress=False)
 
 
@@ -244,7 +246,7 @@ def test_build_faces_world_paired_and_skips(tmp_path):
     cfg = DataConfig(world="faces", pairs=(1, 1, 1), frames_per_clip=2, frame_size=64,
                      methods=("Face2Face", "Deepfakes"), compressions=("c23",))
     out = tmp_path / "world"
-    summary = forge.build_faces_world(faces, out, cfg, seed=1, progress=False)
+    summary = photos.build_faces_world(faces, out, cfg, seed=1, progress=False)
     world = json.loads((out / "world.json").read_text())
     assert world["layout"] == "paired"
     assert world["pairs_used"] == [1, 1, 1]
@@ -260,8 +262,8 @@ def test_build_faces_world_paired_and_skips(tmp_path):
     df = world["sources"]["Deepfakes"]
     assert df["000_001"] not in ("000", "001")
     assert "Face2Face" not in world["sources"]
-    assert forge.fake_path(out, "Face2Face", "c23", "001_000").is_file()
-    assert count_frames(forge.mask_path(out, "Deepfakes", "000_001")) == 2
+    assert ffpp.video_path(out, "Face2Face", "c23", "001_000").is_file()
+    assert count_frames(ffpp.mask_path(out, "Deepfakes", "000_001")) == 2
 
 
 def test_build_faces_world_flat_folder_pairs_by_order(tmp_path):
@@ -274,11 +276,11 @@ def test_build_faces_world_flat_folder_pairs_by_order(tmp_path):
         shutil.copy(src / f"{p}.jpg", faces / f"p{p}.jpg")
     cfg = DataConfig(world="faces", pairs=(3, 1, 1), frames_per_clip=2, frame_size=64,
                      methods=("NeuralTextures",), compressions=("c40",))
-    forge.build_faces_world(faces, tmp_path / "w", cfg, seed=0, progress=False)
+    photos.build_faces_world(faces, tmp_path / "w", cfg, seed=0, progress=False)
     world = json.loads((tmp_path / "w" / "world.json").read_text())
     assert world["layout"] == "flat" and world["pairs_used"] == [1, 0, 1]
     assert json.loads((tmp_path / "w" / "splits" / "train.json").read_text()) == [["000", "001"]]
     assert json.loads((tmp_path / "w" / "splits" / "val.json").read_text()) == []
     assert json.loads((tmp_path / "w" / "splits" / "test.json").read_text()) == [["002", "003"]]
     assert [world["clips"][i]["person"] for i in ("000", "001", "002", "003")] == ["p001", "p004", "p010", "p012"]
-    assert forge.fake_path(tmp_path / "w", "NeuralTextures", "c40", "003_002").is_file()
+    assert ffpp.video_path(tmp_path / "w", "NeuralTextures", "c40", "003_002").is_file()

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from emdlib import metrics as M
+from emdlib.models.detector import DetectorNet, DetectorOutput
 from emdlib.train import predict
 
 
@@ -108,12 +108,12 @@ def test_evaluate_all_levels_and_by_method():
     assert list(by["method"]) == ["Face2Face"] and by.loc[0, "n"] == 4
 
 
-class _MaskFromImage(nn.Module):
+class _MaskFromImage(DetectorNet):
     """Stand-in detector: P(fake) from the mean of channel 0, mask logit = ±10 by the sign of channel 0."""
 
     def forward(self, image, fer_image=None):
         m = image[:, 0].mean((1, 2))
-        return {"logits": torch.stack([-m, m], 1), "mask_logits": torch.sign(image[:, :1]) * 10.0}
+        return DetectorOutput(logits=torch.stack([-m, m], 1), mask_logits=torch.sign(image[:, :1]) * 10.0)
 
 
 def test_predict_then_metrics_with_empty_real_masks():

@@ -62,8 +62,8 @@ def test_mesonet_df_scores_df_samples_as_more_fake(name, ctor):
     images, labels = mesonet_samples()
     with torch.no_grad():
         out = model(images)
-    p_fake = out["logits"].softmax(1)[:, 1].numpy()
-    np.testing.assert_allclose(p_fake, 1 - out["official_output"].numpy(), atol=1e-6)
+    p_fake = out.logits.softmax(1)[:, 1].numpy()
+    np.testing.assert_allclose(p_fake, 1 - out.extras["official_output"].numpy(), atol=1e-6)
     assert p_fake[labels == 1].min() > p_fake[labels == 0].max(), p_fake
     assert (p_fake[labels == 1] > 0.5).all() and (p_fake[labels == 0] < 0.5).all(), p_fake
 
@@ -75,12 +75,12 @@ def test_mesoinception_conv_order_matters():
     model = load_mesonet_h5(MesoInception4(), path).eval()
     images, _ = mesonet_samples()
     with torch.no_grad():
-        ref = model(images)["official_output"]
+        ref = model(images).extras["official_output"]
         inc = model.features[0]
         b3, c3 = inc.b3.weight.clone(), inc.c3.weight.clone()
         inc.b3.weight.copy_(c3)
         inc.c3.weight.copy_(b3)
-        swapped = model(images)["official_output"]
+        swapped = model(images).extras["official_output"]
     assert (ref - swapped).abs().max() > 1e-3
 
 
@@ -107,17 +107,17 @@ def test_classnseg_loads_and_scores_samples(folder, epoch):
     real, gt_real = classnseg_sample("real")
     with torch.no_grad():
         out = model(torch.cat([fake, real]))
-    p_fake = out["logits"].softmax(1)[:, 1]
+    p_fake = out.logits.softmax(1)[:, 1]
     assert p_fake[0] > 0.5 > p_fake[1], p_fake
-    assert out["mask_logits"].shape == (2, 1, 256, 256)
+    assert out.mask_logits.shape == (2, 1, 256, 256)
 
-    pred = (out["mask_logits"][0, 0] > 0).numpy()
+    pred = (out.mask_logits[0, 0] > 0).numpy()
     assert 0.1 < gt.mean() < 0.9
     chance_iou = (pred.mean() * gt.mean()) / (pred.mean() + gt.mean() - pred.mean() * gt.mean())
     iou = (pred & gt).sum() / (pred | gt).sum()
     assert iou > 0.6 > chance_iou, (iou, chance_iou)
     assert (pred == gt).mean() > max(gt.mean(), 1 - gt.mean()) + 0.15  # beats the constant mask
-    assert not gt_real.any() and (out["mask_logits"][1] < 0).float().mean() > 0.95
+    assert not gt_real.any() and (out.mask_logits[1] < 0).float().mean() > 0.95
 
 
 def test_classnseg_missing_file_is_a_clear_error(tmp_path):
@@ -137,5 +137,5 @@ def test_multitask_ensfer_from_official_multitask():
     with torch.no_grad():
         a = base(fake)
         b = ens(fake, torch.rand(1, 3, 96, 96))
-    torch.testing.assert_close(a["logits"], b["logits"])
-    torch.testing.assert_close(a["mask_logits"], b["mask_logits"])
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.mask_logits, b.mask_logits)

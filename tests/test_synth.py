@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 
 import cv2
 import numpy as np
@@ -239,22 +237,16 @@ def test_make_pairs():
         synth.make_pairs(400, 50, 60)
 
 
-def test_build_synth_world_hands_clips_to_forge(tmp_path, monkeypatch):
+def test_build_synth_world_hands_clips_to_the_world_writer(tmp_path, monkeypatch):
     calls = []
 
     def fake_write_world(out_root, clips, pairs, cfg, seed, **kwargs):
         calls.append((out_root, clips, pairs, cfg, seed))
         return {"written": len(clips)}
 
-    import emdlib.data as data_pkg
+    from emdlib.data import world
 
-    try:
-        from emdlib.data import forge
-    except ImportError:  # forge not there yet: stand in a module
-        forge = types.ModuleType("emdlib.data.forge")
-        monkeypatch.setitem(sys.modules, "emdlib.data.forge", forge)
-        monkeypatch.setattr(data_pkg, "forge", forge, raising=False)
-    monkeypatch.setattr(forge, "write_world", fake_write_world, raising=False)
+    monkeypatch.setattr(world, "write_world", fake_write_world)
 
     cfg = DataConfig(pairs=(2, 1, 1), frames_per_clip=3, frame_size=48, seed=11)
     summary = synth.build_synth_world(tmp_path, cfg)

@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 
 from emdlib import metrics
+from emdlib.models.detector import DetectorOutput, manipulation_loss
 from emdlib.models.emd import EMD
-from emdlib.runs import load_run_records, write_run_record
-from emdlib.train import (TrainConfig, fit, is_better, load_training_state, manipulation_loss, predict,
+from emdlib.study.records import load_run_records, write_run_record
+from emdlib.train import (TrainConfig, fit, is_better, load_training_state, predict,
                           set_trainable, train_step)
 
 torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def _batch(items):
 
 
 def test_loss_is_eq8_ce_plus_bce():
-    out = {"logits": torch.tensor([[2.0, 0.0], [0.0, 1.0]]), "mask_logits": torch.zeros(2, 1, 2, 2)}
+    out = DetectorOutput(logits=torch.tensor([[2.0, 0.0], [0.0, 1.0]]), mask_logits=torch.zeros(2, 1, 2, 2))
     batch = {"label": torch.tensor([0, 1]), "mask": torch.ones(2, 1, 2, 2)}
     loss, parts = manipulation_loss(out, batch)
     ce = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
@@ -167,7 +168,7 @@ def test_resume_ends_where_an_uninterrupted_run_does(tmp_path):
 
 
 def test_best_checkpoint_rebuilds_and_run_record_round_trip(tmp_path):
-    from emdlib.models.registry import model_from_checkpoint
+    from emdlib.registry import model_from_checkpoint
 
     model = _model(0, fer=False)
     val = tiny_items(4, seed=2)
@@ -177,7 +178,7 @@ def test_best_checkpoint_rebuilds_and_run_record_round_trip(tmp_path):
     assert meta["image_size"] == S and meta["model"]["name"] == "emd"
     x = torch.randn(2, 3, S, S)
     with torch.no_grad():
-        assert torch.allclose(rebuilt(x)["logits"], model.eval()(x)["logits"], atol=1e-6)
+        assert torch.allclose(rebuilt(x).logits, model.eval()(x).logits, atol=1e-6)
 
     pred = predict(model, val, device="cpu")
     m = metrics.evaluate(pred)

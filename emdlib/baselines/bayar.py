@@ -22,7 +22,7 @@ omits them).
 Input: shared ``(x - 0.5) / 0.5`` RGB → BT.601 grey in [0, 1] → 128×128 centre crop of the face (FF++'s setting for
 this baseline, recalled; ``input_size``); faces smaller than ``input_size`` are resized up (bilinear). The first FC
 layer's width follows ``input_size`` (6,912 inputs at 128), so presets with smaller faces build the network at their
-face size (:func:`emdlib.experiments.baseline_kwargs`) instead of upsampling.
+face size (:func:`emdlib.study.experiments.baseline_kwargs`) instead of upsampling.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdlib.baselines import inputs
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class ConstrainedConv2d(nn.Conv2d):
         w[:, :, c, c] = -1.0
 
 
-class BayarStamm(nn.Module):
-    """Constrained-conv CNN (module docstring). Output: ``{"logits": (N, 2) index 1 = fake, "mask_logits": None}``."""
+class BayarStamm(DetectorNet):
+    """Constrained-conv CNN (module docstring). Output: ``DetectorOutput(logits (N, 2) index 1 = fake)``."""
 
     def __init__(self, input_size: int = INPUT_SIZE, fc_width: int = 4096, num_classes: int = 2):
         super().__init__()
@@ -107,10 +108,10 @@ class BayarStamm(nn.Module):
         g = inputs.grey(inputs.to_rgb01(image))
         return inputs.centre_crop(g, self.input_size)
 
-    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
         x = self.constrained(self.grey_input(image))
-        return {"logits": self.classifier(self.features(x)), "mask_logits": None}
+        return DetectorOutput(logits=self.classifier(self.features(x)))
 
-    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Softmax cross-entropy (the paper's loss)."""
         return inputs.classification_loss(output, batch)

@@ -25,7 +25,7 @@ ImageNet mean/std (the official ``Normalize_3D`` applied to a 4-D batch mixes up
 normalise per channel as it does on one image). ``mask_logits`` = ``seg_logit₁ − seg_logit₀`` (so
 ``sigmoid(mask_logits)`` = the official softmax channel 1), resized back to the input size when it differs. The
 network is fully convolutional (the latent is ``input_size / 16`` on a side), so a preset whose faces are smaller
-than 256 px may run it at the faces' own size (:func:`emdlib.experiments.baseline_kwargs` does): upsampling a 64-px
+than 256 px may run it at the faces' own size (:func:`emdlib.study.experiments.baseline_kwargs` does): upsampling a 64-px
 face to 256 adds no information, only 16× the compute.
 """
 
@@ -41,6 +41,7 @@ from torch import nn
 
 from emdlib.baselines import inputs
 from emdlib.checkpoint import load_torch_state_dict
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,12 @@ class Decoder(nn.Module):
         return self.segmenter(h), self.decoder(h)
 
 
-class MultiTask(nn.Module):
+class MultiTask(DetectorNet):
     """ClassNSeg as an emdlib model (module docstring).
 
-    ``forward(image, fer_image=None, label=None)`` → ``{"logits", "mask_logits", "seg_logits", "reconstruction",
-    "activations" (N, 2) official [a₀, a₁], "selected", "latent", "normalised_input"}``. With ``label`` (emdlib
+    ``forward(image, fer_image=None, label=None)`` → ``DetectorOutput(logits, mask_logits, extras)`` with extras
+    ``seg_logits``, ``reconstruction``, ``activations`` (N, 2) official [a₀, a₁], ``selected``, ``latent``,
+    ``normalised_input``. With ``label`` (emdlib
     convention) given in training mode the decoder sees the ground-truth group, otherwise the predicted one
     (:meth:`compute_loss` re-decodes with the ground truth in training when needed).
     """
@@ -157,23 +159,20 @@ class MultiTask(nn.Module):
         return {"mask_logits": mask_logits, "seg_logits": seg_logits, "reconstruction": reconstruction}
 
     def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None,
-                label: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                label: torch.Tensor | None = None) -> DetectorOutput:
         x = self.normalise(image)
         latent = self.fuse(self.encoder(x), fer_image)
         n, c, h, w = latent.shape
         act = latent.reshape(n, GROUPS, -1).abs().mean(2)  # (N, 2): official [a₀ (fake), a₁ (real)]
         predicted = (act[:, 1] >= act[:, 0]).long()  # official label
         selected = _official_labels(label) if (self.training and label is not None) else predicted
-        return {
-            "logits": official_to_logits(act[:, 0], act[:, 1]),
-            **self._decode(latent, selected, image.shape[-2:]),
-            "activations": act,
-            "selected": selected,
-            "latent": latent,
-            "normalised_input": x,
-        }
+        decoded = self._decode(latent, selected, image.shape[-2:])
+        mask_logits = decoded.pop("mask_logits")
+        return DetectorOutput(logits=official_to_logits(act[:, 0], act[:, 1]), mask_logits=mask_logits,
+                              extras={**decoded, "activations": act, "selected": selected, "latent": latent,
+                                      "normalised_input": x})
 
-    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``L_act + L_seg + L_rec`` (module docstring; official γ = 1).
 
         In training mode the segmentation and reconstruction losses use the decoder output for the
@@ -182,18 +181,19 @@ class MultiTask(nn.Module):
         decoded again here with the ground-truth selection.
         """
         y = _official_labels(batch["label"])
-        if self.training and not torch.equal(output["selected"], y):
-            output = {**output, **self._decode(output["latent"], y, output["mask_logits"].shape[-2:])}
-        act = output["activations"]
+        extras = output.extras
+        if self.training and not torch.equal(extras["selected"], y):
+            extras = {**extras, **self._decode(extras["latent"], y, output.mask_logits.shape[-2:])}
+        act = extras["activations"]
         yf = y.float()
         loss_act = (torch.abs(act[:, 1] - yf) + torch.abs(act[:, 0] - (1.0 - yf))).mean()
-        seg = output["seg_logits"]
+        seg = extras["seg_logits"]
         mask = batch["mask"]
         if tuple(mask.shape[-2:]) != tuple(seg.shape[-2:]):
             mask = F.interpolate(mask.float(), size=seg.shape[-2:], mode="nearest")
         target = (mask[:, 0] >= 0.5).long()
         loss_seg = F.cross_entropy(seg.softmax(1), target)  # official double softmax
-        loss_rec = F.mse_loss(output["reconstruction"], output["normalised_input"])
+        loss_rec = F.mse_loss(extras["reconstruction"], extras["normalised_input"])
         loss = loss_act + loss_seg + loss_rec
         return loss, {"loss_cls": loss_act.detach(), "loss_seg": loss_seg.detach(), "loss_rec": loss_rec.detach()}
 
@@ -269,6 +269,6 @@ class MultiTaskEnsFER(MultiTask):
         yield from self.fusion.parameters()
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """Everything but the frozen FER network (emdlib.train's hook)."""
+        """Everything but the frozen FER network (the training loop's hook, :class:`emdlib.models.detector.DetectorNet`)."""
         fer = {id(p) for p in self.fer.parameters()}
         return (p for p in self.parameters() if id(p) not in fer)

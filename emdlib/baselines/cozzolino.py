@@ -38,13 +38,14 @@ from torch import nn
 
 from emdlib.baselines import inputs
 from emdlib.baselines.steganalysis import CROP_SIZE, ORDER, RESIDUAL_FACTOR, RESIDUAL_KERNEL
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
 
-class Cozzolino(nn.Module):
-    """Constrained residual/co-occurrence CNN + linear classifier (module docstring). Output contract:
-    ``{"logits": (N, 2) index 1 = fake, "mask_logits": None, "features": (N, 162) histogram}``."""
+class Cozzolino(DetectorNet):
+    """Constrained residual/co-occurrence CNN + linear classifier (module docstring). Output:
+    ``DetectorOutput(logits (N, 2) index 1 = fake, extras={"features": (N, 162) histogram})``."""
 
     def __init__(self, q: float = 1.0, T: int = 1, temperature: float = 0.1, crop: int | None = CROP_SIZE):
         super().__init__()
@@ -132,10 +133,10 @@ class Cozzolino(nn.Module):
         orthogonal = (sums["hv"] + sums["vh"]) / (counts["hv"] + counts["vh"])
         return torch.cat([parallel, orthogonal], 1)
 
-    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
         feats = self.histogram(self.grey_input(image))
-        return {"logits": self.fc(self.scaler(feats)), "mask_logits": None, "features": feats}
+        return DetectorOutput(logits=self.fc(self.scaler(feats)), extras={"features": feats})
 
-    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Softmax cross-entropy (no mask head)."""
         return inputs.classification_loss(output, batch)

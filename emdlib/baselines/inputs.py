@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from emdlib.data.transforms import xception_to_rgb01
+from emdlib.models.detector import DetectorOutput
+
 # ITU-R BT.601 luma weights, as MATLAB's rgb2gray and OpenCV's COLOR_RGB2GRAY.
 LUMA = (0.299, 0.587, 0.114)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,8 +24,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_rgb01(image: torch.Tensor) -> torch.Tensor:
-    """Shared input ``(x - 0.5) / 0.5`` → RGB in [0, 1]."""
-    return image * 0.5 + 0.5
+    """Shared input ``(x - 0.5) / 0.5`` → RGB in [0, 1] (:func:`emdlib.data.transforms.xception_to_rgb01`)."""
+    return xception_to_rgb01(image)
 
 
 def grey(rgb01: torch.Tensor) -> torch.Tensor:
@@ -56,7 +59,7 @@ def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, left : left + size]
 
 
-def classification_loss(output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Softmax cross-entropy on ``output["logits"]`` (index 1 = fake) against ``batch["label"]``."""
-    loss = F.cross_entropy(output["logits"], batch["label"].long())
+def classification_loss(output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Softmax cross-entropy on ``output.logits`` (index 1 = fake) against ``batch["label"]``."""
+    loss = F.cross_entropy(output.logits, batch["label"].long())
     return loss, {"loss_cls": loss.detach()}

@@ -17,7 +17,7 @@ Input: the shared ``(x - 0.5) / 0.5`` RGB → [0, 1] (the original ``rescale=1/2
 256, the official size; bilinear with antialiasing when the preset size differs; the official example resizes with
 Keras' nearest, which callers can reproduce by passing 256×256 images). The features shrink the input 32-fold, so a
 preset whose faces are smaller than 256 px may run MesoNet at the faces' own size (as
-:func:`emdlib.experiments.baseline_kwargs` does) with a first dense layer of ``16·(input_size/32)²`` inputs instead
+:func:`emdlib.study.experiments.baseline_kwargs` does) with a first dense layer of ``16·(input_size/32)²`` inputs instead
 of 1,024 — the same layers, fed a smaller image, as the paper-size network fed 64-px faces upsampled to 256 would see
 no more information at 16× the compute. The official weights need the 256-px layout.
 """
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdlib.baselines import inputs
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ class InceptionLayer(nn.Module):
         return self.pool(self.bn(y))
 
 
-class MesoNet(nn.Module):
+class MesoNet(DetectorNet):
     """Base of Meso-4 / MesoInception-4: ``features`` (→ 16×8×8 at 256 px) + the shared head (module docstring).
 
-    Output: ``{"logits": (N, 2) index 1 = fake, "mask_logits": None, "official_output": σ(z) = P(real)}``.
+    Output: ``DetectorOutput(logits (N, 2) index 1 = fake, extras={"official_output": σ(z) = P(real)})``.
     ``head_activation``: LeakyReLU(0.1) between the dense layers, as the official code; the released Meso-4 files
     were saved from a graph without it and :func:`load_mesonet_h5` switches it off for them.
     ``bn_momentum`` (PyTorch convention): Keras' 0.99 is 0.01 here, a running average over ~100 steps. A run of a
@@ -136,18 +137,18 @@ class MesoNet(nn.Module):
             bns.append(block.bn)
         return {"conv2d": convs, "batch_normalization": bns, "dense": [self.dense1, self.dense2]}
 
-    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
         x = inputs.resize(inputs.to_rgb01(image), self.input_size)
         x = self.dense1(self.dropout1(torch.flatten(self.features(x), 1)))
         if self.head_activation:
             x = F.leaky_relu(x, 0.1)
         z = self.dense2(self.dropout2(x))
-        return {"logits": official_to_logits(z), "mask_logits": None, "official_output": torch.sigmoid(z).reshape(-1)}
+        return DetectorOutput(logits=official_to_logits(z), extras={"official_output": torch.sigmoid(z).reshape(-1)})
 
-    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The original loss: MSE between the sigmoid output P(real) and the official target (1 = real)."""
         target_real = 1.0 - batch["label"].float()
-        loss = F.mse_loss(output["official_output"], target_real)
+        loss = F.mse_loss(output.extras["official_output"], target_real)
         return loss, {"loss_cls": loss.detach()}
 
 

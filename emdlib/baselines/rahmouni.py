@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from emdlib.baselines import inputs
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ def stats_pool(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([flat.mean(2), flat.var(2, unbiased=False), flat.amax(2), flat.amin(2)], 1)
 
 
-class Rahmouni(nn.Module):
-    """Stats-2L (module docstring). Output: ``{"logits": (N, 2) index 1 = fake, "mask_logits": None}``."""
+class Rahmouni(DetectorNet):
+    """Stats-2L (module docstring). Output: ``DetectorOutput(logits (N, 2) index 1 = fake)``."""
 
     def __init__(self, num_classes: int = 2, keep_prob: float = 0.65):
         super().__init__()
@@ -49,12 +50,12 @@ class Rahmouni(nn.Module):
                                   b=2 * math.sqrt(2.0 / fan_in))
             nn.init.normal_(m.bias, 0.5, 0.1)
 
-    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
         green = inputs.to_rgb01(image)[:, 1:2]
         x = torch.relu(self.conv2(torch.relu(self.conv1(green))))
         x = self.dropout(torch.relu(self.fc1(stats_pool(x))))
-        return {"logits": self.fc2(x), "mask_logits": None}
+        return DetectorOutput(logits=self.fc2(x))
 
-    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Softmax cross-entropy (the original's loss)."""
         return inputs.classification_loss(output, batch)

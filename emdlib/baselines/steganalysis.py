@@ -38,6 +38,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from emdlib.data.transforms import xception_to_rgb01
+
 log = logging.getLogger(__name__)
 
 RESIDUAL_KERNEL = (1.0, -3.0, 3.0, -1.0)
@@ -183,5 +185,5 @@ def steg_svm_pipeline(C: float = 1.0, memory=None, max_iter: int = 10_000) -> Pi
 def shared_input_to_uint8(image: torch.Tensor) -> np.ndarray:
     """The training loop's batch image (``(N, 3, H, W)``, ``(x - 0.5) / 0.5``) → RGB uint8 ``(N, H, W, 3)``,
     the input :class:`StegFeatures` expects."""
-    rgb = (image.detach().float().cpu() * 0.5 + 0.5).clamp(0, 1)
+    rgb = xception_to_rgb01(image.detach().float().cpu()).clamp(0, 1)
     return (rgb.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)

@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from emdlib.baselines import inputs
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
 
-class XceptionNet(nn.Module):
-    """FF++ XceptionNet. Output: ``{"logits": (N, 2) index 1 = fake, "mask_logits": None}``.
+class XceptionNet(DetectorNet):
+    """FF++ XceptionNet. Output: ``DetectorOutput(logits (N, 2) index 1 = fake, mask_logits None)``.
 
     ``pretrained``: load timm's ImageNet weights (needs the network or the timm cache; tests use False).
     """
@@ -41,9 +42,9 @@ class XceptionNet(nn.Module):
         """The new FC only (FF++'s warm-up; everything else frozen)."""
         return iter(self.net.get_classifier().parameters())
 
-    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-        return {"logits": self.net(image), "mask_logits": None}
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
+        return DetectorOutput(logits=self.net(image))
 
-    def compute_loss(self, output: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, output: DetectorOutput, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Softmax cross-entropy (FF++)."""
         return inputs.classification_loss(output, batch)

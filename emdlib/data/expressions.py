@@ -300,7 +300,7 @@ def read_face(sample: ExpressionSample) -> np.ndarray:
 class ExpressionDataset(Dataset):
     """``(image (3, 96, 96) float BGR [0, 1], label long)`` items from :class:`ExpressionSample` rows.
 
-    ``transform`` (e.g. :func:`emdlib.fer.fer_augmentation`) is applied to the ESR-convention tensor. ``preload``
+    ``transform`` (e.g. :func:`emdlib.train_fer.fer_augmentation`) is applied to the ESR-convention tensor. ``preload``
     decodes every image once into memory (small sets such as CK+ or the synth set).
     """
 

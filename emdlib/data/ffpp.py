@@ -90,6 +90,13 @@ def mask_path(root: str | os.PathLike, method: str, video: str) -> Path:
     return Path(root) / "manipulated_sequences" / method / "masks" / "videos" / f"{video}.mp4"
 
 
+def split_file(splits_dir: str | os.PathLike, split: str) -> Path:
+    """Path of a split file ``<splits_dir>/<split>.json`` (§B.1; ``split`` one of :data:`SPLITS`); no existence check."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    return Path(splits_dir) / f"{split}.json"
+
+
 # ---------------------------------------------------------------------------------------------------------- splits
 def load_splits(splits_dir: str | os.PathLike) -> dict[str, list[tuple[str, str]]]:
     """Read ``{train,val,test}.json`` (§B.1) → ``{split: [(a, b), ...]}``.

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from emdlib.data import faces, video as vio
 from emdlib.data.ffpp import (

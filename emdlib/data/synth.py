@@ -17,7 +17,7 @@ Built on top of :func:`render_face`:
 * :func:`render_clip` - a short "video" with smooth head motion, lighting flicker, blinks and an expression that
   changes smoothly between 2-3 key expressions (design.md: pristine videos show all expressions).
 * :func:`render_expression_set` - class-per-folder PNG face crops, the AffectNet stand-in for the FER stream.
-* :func:`build_synth_world` - one pristine clip per FF++-style id, handed to ``forge.write_world`` which writes the
+* :func:`build_synth_world` - one pristine clip per FF++-style id, handed to ``world.write_world`` which writes the
   FF++ layout (originals, manipulations, masks, splits).
 """
 
@@ -33,7 +33,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from emdlib.data.clip import Clip
 from emdlib.data.expressions import EXPRESSIONS
@@ -1118,19 +1118,19 @@ def clip_expressions(index: int, k: int, rng: np.random.Generator) -> list[str]:
 
 def build_synth_world(out_root: Path, cfg: DataConfig, seed: int | None = None) -> dict:
     """Render one pristine clip per id of ``cfg.pairs`` (train/val/test pair counts) and hand them to
-    ``forge.write_world``, which writes the FF++ layout (design.md "Data worlds"): originals at every compression,
-    Deepfakes / Face2Face / NeuralTextures stand-ins both ways per pair, lossless masks, split JSONs.
+    :func:`emdlib.data.world.write_world`, which writes the FF++ layout (design.md "Data worlds"): originals at every
+    compression, Deepfakes / Face2Face / NeuralTextures stand-ins both ways per pair, lossless masks, split JSONs.
 
     Deterministic for a seed (``None`` -> ``cfg.seed``): clip ``i`` uses its own generator ``(seed, i)``.
     Returns ``write_world``'s summary with a ``"synth"`` entry (ids, frames per expression).
     """
-    from emdlib.data import forge
+    from emdlib.data import world
 
     seed = int(cfg.seed if seed is None else seed)
     out_root = Path(out_root)
     pairs = make_pairs(*cfg.pairs)
     ids = [x for split in ("train", "val", "test") for pair in pairs[split] for x in pair]
-    k = int(getattr(cfg, "synth_expressions_per_clip", 3))
+    k = int(cfg.synth_expressions_per_clip)
     if cfg.frames_per_clip < k:
         k = max(1, cfg.frames_per_clip)
     clips: dict[str, Clip] = {}
@@ -1149,6 +1149,6 @@ def build_synth_world(out_root: Path, cfg: DataConfig, seed: int | None = None) 
         log.warning("synth world: no pristine frame shows %s (too few clips or frames)", missing)
     info = {"ids": len(ids), "frames_per_clip": cfg.frames_per_clip, "frame_size": cfg.frame_size,
             "expressions_per_clip": k, "frames_per_expression": shown, "seed": seed}
-    summary = dict(forge.write_world(out_root, clips, pairs, cfg, seed, extra={"synth": info}))
+    summary = dict(world.write_world(out_root, clips, pairs, cfg, seed, extra={"synth": info}))
     summary["synth"] = info
     return summary

@@ -2,9 +2,11 @@
 
 * ESR (FER stream): 96×96, values in [0, 1], **BGR** channel order (the official ESR-9 reads images with OpenCV and
   never converts), no mean/std normalisation.
-* Xception / DeepLabv3+ (manipulation stream): RGB, ``(x - 0.5) / 0.5``.
+* Xception / DeepLabv3+ (manipulation stream): RGB, ``(x - 0.5) / 0.5``; :func:`xception_to_rgb01` is the inverse
+  (for the FER input EMD derives from its own input, the baselines' input conventions and the figures).
 
-All functions take RGB tensors in [0, 1] of shape ``(N, 3, H, W)`` or ``(3, H, W)``.
+All functions take RGB tensors in [0, 1] of shape ``(N, 3, H, W)`` or ``(3, H, W)``, except the inverse, which
+takes the Xception input and returns them.
 """
 
 from __future__ import annotations
@@ -37,3 +39,9 @@ def esr_input(rgb01: torch.Tensor, size: int = ESR_SIZE) -> torch.Tensor:
 def xception_input(rgb01: torch.Tensor) -> torch.Tensor:
     """RGB [0, 1] → Xception input: ``(x - 0.5) / 0.5``."""
     return (rgb01 - 0.5) / 0.5
+
+
+def xception_to_rgb01(image: torch.Tensor) -> torch.Tensor:
+    """Xception input ``(x - 0.5) / 0.5`` → RGB: ``x · 0.5 + 0.5``, the exact inverse of :func:`xception_input` (in
+    [0, 1] for inputs made by it; callers that need a hard range clamp)."""
+    return image * 0.5 + 0.5

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from emdlib.data.transforms import esr_input
-from emdlib.models.registry import build_model, model_spec, register_model
+from emdlib.data.transforms import esr_input, xception_to_rgb01
+from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,11 @@ class Decoder(nn.Module):
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))
 
 
-class EMD(nn.Module):
+class EMD(DetectorNet):
     """EMD (§III-D): DeepLabv3+/aligned-Xception manipulation stream fed with the frozen FER stream's map (Eq. 5).
 
-    ``forward(image, fer_image=None) -> {"logits": (N,2), "mask_logits": (N,1,H,W), "latent": (N,2048)}`` plus
-    ``"fer_branch"``/``"fer_class"`` when a FER stream is attached. ``image``: RGB ``(x-0.5)/0.5``
+    ``forward(image, fer_image=None) -> DetectorOutput(logits (N,2), mask_logits (N,1,H,W), extras)``; ``extras``
+    holds ``"latent"`` (N,2048) and, when a FER stream is attached, ``"fer_branch"``/``"fer_class"``. ``image``: RGB ``(x-0.5)/0.5``
     (:func:`emdlib.data.transforms.xception_input`); ``fer_image``: ESR input (96×96 BGR [0,1]); when omitted it is
     derived from ``image`` with :func:`emdlib.data.transforms.esr_input`.
 
@@ -219,7 +219,9 @@ class EMD(nn.Module):
         return (p for p in self.parameters() if id(p) not in fer_ids)
 
     def spec(self) -> dict:
-        """Registry entry for checkpoint sidecars (:func:`emdlib.models.registry.model_from_checkpoint`).
+        """The registry entry that rebuilds this network (:func:`emdlib.registry.model_from_checkpoint`):
+        ``{"name": "emd", "kwargs": {"fer": FER spec or None, encoder, output_stride, aspp_rates, separable,
+        fer_channels}}``.
 
         The FER stream is described by ``fer_spec`` (constructor) or its own ``spec()``; its weights travel in the
         same checkpoint (it is a submodule).
@@ -230,7 +232,7 @@ class EMD(nn.Module):
             if fer is None:
                 log.warning("EMD.spec: the FER stream %s has no spec; the checkpoint cannot rebuild it by name",
                             type(self.fer).__name__)
-        return model_spec("emd", fer=fer, **self._arch)
+        return {"name": "emd", "kwargs": {"fer": fer, **self._arch}}
 
     # -- forward ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -238,24 +240,24 @@ class EMD(nn.Module):
         """Selected ESR branch map, branch index and class (Eqs. 3–5), computed without gradients."""
         return self.fer.select_branch(fer_image)
 
-    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
         size = image.shape[-2:]
         low, feature = self.encoder.forward_intermediates(
             image, indices=[LOW_LEVEL_INDEX, self._last_index], intermediates_only=True)
-        out: dict[str, torch.Tensor] = {}
+        extras: dict[str, torch.Tensor] = {}
         fer_map = None
         if self.fer is not None:
             if fer_image is None:
-                fer_image = esr_input((image.float() * 0.5 + 0.5).clamp(0, 1))
+                fer_image = esr_input(xception_to_rgb01(image.float()).clamp(0, 1))
             fer_map, branch, cls = self.fer_features(fer_image)
-            out["fer_branch"], out["fer_class"] = branch, cls
+            extras["fer_branch"], extras["fer_class"] = branch, cls
         latent = self.last_conv(feature, fer_map)
         pooled = latent.mean(dim=(2, 3))
         mask = self.decoder(self.aspp(latent), low)
-        out["logits"] = self.fc(pooled)
-        out["mask_logits"] = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
-        out["latent"] = pooled
-        return out
+        extras["latent"] = pooled
+        return DetectorOutput(logits=self.fc(pooled),
+                              mask_logits=F.interpolate(mask, size=size, mode="bilinear", align_corners=False),
+                              extras=extras)
 
     def encoder_grid(self, image_size: int) -> tuple[int, int]:
         """Spatial size of the encoder feature (where the FER map is resized to) for a square input."""
@@ -266,16 +268,3 @@ class EMD(nn.Module):
             feat = self.encoder.forward_intermediates(x, indices=[self._last_index], intermediates_only=True)[0]
             self.train(was)
         return tuple(feat.shape[-2:])
-
-
-def build_emd(fer: nn.Module | None, cfg, fer_spec: dict | None = None) -> EMD:
-    """EMD from an :class:`emdlib.presets.EMDConfig` (encoder name and ``pretrained``)."""
-    return EMD(fer=fer, encoder=cfg.encoder, pretrained=cfg.pretrained, fer_spec=fer_spec)
-
-
-@register_model("emd")
-def emd_from_spec(fer: dict | None = None, **kwargs) -> EMD:
-    """Rebuild an EMD (never downloading weights) from its :meth:`EMD.spec`; ``fer`` is the FER stream's spec."""
-    fer_module = build_model(fer["name"], **fer.get("kwargs", {})) if fer else None
-    kwargs["aspp_rates"] = tuple(kwargs.get("aspp_rates", (6, 12, 18)))
-    return EMD(fer=fer_module, pretrained=False, fer_spec=fer, **kwargs)

@@ -16,7 +16,7 @@ the ensemble class is the mode of the votes (Eq. 4), and the FER feature of the 
 
 Weights: :func:`load_official_esr` (official ``.pt`` state dicts, ``weights_only=True``) and
 :func:`write_official_esr` live beside the module, not inside it; our own checkpoints go through
-:mod:`emdlib.checkpoint` (see :mod:`emdlib.fer`).
+:mod:`emdlib.registry` (:func:`emdlib.registry.save_fer_stream`).
 """
 
 from __future__ import annotations
@@ -318,6 +318,10 @@ class ESR(FERStream):
 
     def cam_layers(self) -> list[nn.Module]:
         return [br.output_layer for br in self.branches]
+
+    def spec(self) -> dict:
+        """The registry entry that rebuilds this network (:mod:`emdlib.registry`; default layer configuration)."""
+        return {"name": "esr", "kwargs": {"num_branches": self.num_branches, "num_classes": self.num_classes}}
 
     def map_size(self, input_size: int = INPUT_SIZE) -> int:
         """Side of the last conv map for a square input (6 for 96², reference-facts §A.2)."""

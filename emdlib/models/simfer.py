@@ -38,8 +38,7 @@ class SimFER(FERStream):
 
     def __init__(self, num_classes: int = NUM_CLASSES, cfg: Sequence[ConvSpec] = SIMFER_CFG, num_branches: int = 1
                  ) -> None:
-        # ``num_branches`` is accepted so that a FER spec (emdlib.fer.model_spec: kind, num_branches, num_classes)
-        # rebuilds either stream through emdlib.models.registry; SimFER has exactly one branch
+        # ``num_branches`` is accepted so that code may treat ESR and SimFER alike; SimFER has exactly one branch
         if num_branches != 1:
             raise ValueError(f"SimFER has one branch, got num_branches={num_branches}")
         super().__init__()
@@ -62,6 +61,10 @@ class SimFER(FERStream):
 
     def cam_layers(self) -> list[nn.Module]:
         return [self.features.output_layer]
+
+    def spec(self) -> dict:
+        """The registry entry that rebuilds this network (:mod:`emdlib.registry`; default layer configuration)."""
+        return {"name": "simfer", "kwargs": {"num_classes": self.num_classes}}
 
     def map_size(self, input_size: int = 96) -> int:
         """Side of the last conv map for a square input (10 for 96²)."""

@@ -121,7 +121,7 @@ def test_reproduce_parameters(case, tmp_path, caplog, monkeypatch):
 # -------------------------------------------------------------------------------------------- checkpoint files
 def _meso(path: Path) -> Path:
     from emdlib.baselines.mesonet import Meso4
-    from emdlib.models.registry import model_spec, save_detector
+    from emdlib.registry import model_spec, save_detector
 
     torch.manual_seed(0)
     save_detector(path, Meso4(), 256, spec=model_spec("meso4"))

@@ -33,7 +33,7 @@ from emdlib.data.video import VideoError, count_frames, frame_times, open_video,
 from emdlib.detect import (EXIT_ALL_READ, EXIT_NONE_READ, EXIT_PARTIAL, OUTPUT_MARKER, Detector, detect, detect_file,
                            frame_sampler, iter_media)
 from emdlib.io import write_json
-from emdlib.models.registry import model_spec, save_detector
+from emdlib.registry import model_spec, save_detector
 from emdlib.presets import PrepareConfig
 
 FPS = 25

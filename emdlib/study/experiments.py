@@ -1,0 +1,321 @@
+"""The experiments stage (notebooks 02–05): one system trained and tested on one method × compression cell.
+
+:func:`run_cell` is the single path every result of Tables II–V and Figs. 4–7 comes from: it builds the cell's
+datasets from the face cache (:func:`cell_datasets`), builds the system (EMD, its variants or a baseline) with the
+study's FER stream (:func:`build_system`; the FER stage must have run), trains it with the §IV-B loop
+(:func:`emdlib.train.fit`), predicts the test split, computes every metric (:mod:`emdlib.metrics`) and writes a
+run record plus the test predictions (:mod:`emdlib.study.records`). A finished run is never repeated: its record is
+read back, so notebooks can be re-run to restyle tables and figures cheaply.
+
+Also here, because they choose runs: the cells of Table V and Figs. 4, 5, 7 (:func:`paper_cells`) and the runs of
+Fig. 6 (:func:`training_size_plan`, :func:`training_size_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emdlib.data.datasets import ManipulationDataset
+from emdlib.io import read_json
+from emdlib.presets import Preset
+from emdlib.study import Study
+from emdlib.study.records import RECORD, save_predictions, write_run_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class System:
+    """A row of the paper's tables: which network (``kind``: ``"emd"`` or a baseline name of
+    :data:`emdlib.baselines.BASELINES`) and which FER stream it takes (None, ``"ESR"`` or ``"SimFER"``)."""
+
+    name: str
+    kind: str
+    fer: str | None = None
+
+
+#: Every system of Tables II–V. "XceptionNet (seg)" is EMD without the FER stream: the paper's Table IV row.
+SYSTEMS: dict[str, System] = {s.name: s for s in [
+    System("EMD", "emd", "ESR"),
+    System("XceptionNet (seg)", "emd", None),
+    System("XceptionNet+SimFER", "emd", "SimFER"),
+    System("XceptionNet", "xception"),
+    System("MultiTask", "multitask"),
+    System("MultiTask+EnsFER", "multitask_ensfer", "ESR"),
+    System("MultiTask+SimFER", "multitask_ensfer", "SimFER"),
+    System("MesoNet", "mesonet"),
+    System("Bayar and Stamm", "bayar_stamm"),
+    System("Rahmouni et al.", "rahmouni"),
+    System("Cozzolino et al.", "cozzolino"),
+    System("Steg.Features+SVM", "steg_features_svm"),
+]}
+
+#: The expression-manipulation methods of Table V and Figs. 4–7.
+EXPRESSION_METHODS: tuple[str, ...] = ("Face2Face", "NeuralTextures")
+
+
+def run_name(system: str, method: str, compression: str, seed: int = 0, n_train_videos: int | None = None) -> str:
+    """File-system-safe run id, e.g. ``emd__Face2Face__c23__s0`` (``__n40`` for a training-size point)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", system.lower()).strip("-")
+    return f"{slug}__{method}__{compression}__s{seed}" + (f"__n{n_train_videos}" if n_train_videos else "")
+
+
+# ------------------------------------------------------------------------------------------------------ systems
+
+def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
+    """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
+
+    ``xception``: ``pretrained`` as the preset. The baselines that resize every face to a fixed size — MesoNet and
+    ClassNSeg (256 px), Bayar & Stamm (a 128-px crop) — run at the preset's face size when that is smaller
+    (``input_size``): upsampling a 64-px face adds no information, only compute (16× at 256 px). MesoNet takes the
+    preset's ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`).
+    """
+    if system.kind == "xception":
+        return {"pretrained": preset.emd.pretrained}
+    from emdlib.baselines import bayar, classnseg, mesonet
+
+    native = {"multitask": classnseg.INPUT_SIZE, "multitask_ensfer": classnseg.INPUT_SIZE,
+              "mesonet": mesonet.INPUT_SIZE, "bayar_stamm": bayar.INPUT_SIZE}.get(system.kind)
+    kwargs: dict[str, Any] = {"input_size": min(native, preset.emd.image_size)} if native else {}
+    if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
+        kwargs["bn_momentum"] = preset.emd.baseline_bn_momentum
+    return kwargs
+
+
+def build_system(study: Study, system: System) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Construct ``system`` as the study's preset says: ``(model, registry spec)``.
+
+    The FER stream is the one the FER stage saved (:func:`emdlib.study.fer.load_fer_stream`; an error names
+    notebook 01 when it is missing); EMD takes the preset's encoder and ``pretrained``, a baseline
+    :func:`baseline_kwargs`. The spec (:func:`emdlib.registry.model_spec`) goes into the checkpoints so that
+    ``emd detect`` and the figures rebuild the network by name, never downloading weights.
+    """
+    from emdlib.registry import build_model, model_spec
+    from emdlib.study.fer import load_fer_stream
+
+    fer = load_fer_stream(study, system.fer) if system.fer else None
+    if system.kind == "emd":
+        cfg = study.preset.emd
+        model = build_model("emd", fer=fer, encoder=cfg.encoder, pretrained=cfg.pretrained)
+        return model, model.spec()
+    kwargs = baseline_kwargs(system, study.preset)
+    pretrained = kwargs.pop("pretrained", False)
+    model = build_model(system.kind, fer=fer, pretrained=pretrained, **kwargs)
+    return model, model_spec(system.kind, fer=fer, **kwargs)
+
+
+def cell_datasets(study: Study, method: str, compression: str, n_train_videos: int | None = None,
+                  seed: int = 0) -> dict[str, ManipulationDataset]:
+    """Train (augmented; optionally the first ``n_train_videos`` pristine videos and their fakes), val and test sets
+    of one cell, from the face cache (the data stage must have run: :func:`emdlib.study.data.require_cache`)."""
+    from emdlib.study.data import require_cache
+
+    require_cache(study)
+    size = study.preset.emd.image_size
+    sets = {split: ManipulationDataset(study.paths.cache, split, [method], [compression], size,
+                                       augment=(split == "train"))
+            for split in ("train", "val", "test")}
+    if n_train_videos:
+        sets["train"] = sets["train"].subset_videos(n_train_videos, seed=seed)
+    return sets
+
+
+# ---------------------------------------------------------------------------------------------------------- runs
+
+def run_cell(study: Study, system: str, method: str, compression: str, seed: int = 0,
+             n_train_videos: int | None = None, force: bool = False) -> dict[str, Any]:
+    """Train and test ``system`` on one cell; return its run record (read back when it already exists and was made
+    under the same configuration with its checkpoint on this machine, :func:`why_not_reusable`)."""
+    paths = study.paths
+    name = run_name(system, method, compression, seed, n_train_videos)
+    record_path = paths.runs / name / RECORD
+    if record_path.is_file() and not force:
+        record = read_json(record_path)
+        why = why_not_reusable(record, study.preset)
+        if why is None:
+            return record
+        log.warning("%s: %s; training again", record_path, why)
+        _drop_training_state(paths.run_checkpoints / name)  # never resume a run of another protocol
+    spec = SYSTEMS[system]
+    sets = cell_datasets(study, method, compression, n_train_videos, seed)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    if spec.kind == "steg_features_svm":
+        pred, train_info, checkpoint = _run_svm(sets)
+    else:
+        pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
+    from emdlib.metrics import evaluate
+
+    metrics = evaluate(pred)
+    save_predictions(paths.runs / name, pred)
+    config = {"system": system, "method": method, "compression": compression, "n_train_videos": n_train_videos,
+              "n_train_images": len(sets["train"]), "n_test_images": len(sets["test"]), "preset": study.config(),
+              "train": train_info.get("config", {})}
+    write_run_record(paths.results, name, metrics, config, seed, manifest=paths.cache / "manifest.csv",
+                     checkpoint=checkpoint, device=train_info.get("device", "cpu"),
+                     wall_time_s=round(time.perf_counter() - t0, 1),
+                     extra={"system": system, "method": method, "compression": compression,
+                            "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
+                            "history": train_info.get("history", [])},
+                     preset=study.name)
+    _drop_training_state(paths.run_checkpoints / name)
+    return read_json(record_path)
+
+
+def why_not_reusable(record: dict, preset: Preset) -> str | None:
+    """Why a stored run record cannot stand for the run now, or None when it can.
+
+    It must have been made under the same preset configuration, and its best checkpoint must be on this machine
+    (figures rebuild models from it): a fresh clone carries the committed records of ``results/`` but not the
+    checkpoints under ``data/``, so there the main command trains every run again.
+    """
+    if not _same_protocol(record.get("config", {}).get("preset"), preset.to_dict()):
+        return "recorded under another preset configuration"
+    ckpt = record.get("checkpoint")
+    if ckpt and not Path(ckpt).is_file():
+        return f"its checkpoint {ckpt} is not on this machine"
+    return None
+
+
+def _same_protocol(recorded: dict | None, current: dict) -> bool:
+    """Whether a stored run used the preset configuration it would get now (JSON round trip: tuples → lists)."""
+    return recorded is not None and json.loads(json.dumps(recorded)) == json.loads(json.dumps(current))
+
+
+def _drop_training_state(run_dir: Path) -> None:
+    """A finished run needs only its best weights: drop ``last.*`` (weights + optimiser state, only for resuming)."""
+    for f in ("last.safetensors", "last.json"):
+        (run_dir / f).unlink(missing_ok=True)
+
+
+def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
+    from emdlib.train import TrainConfig, fit, predict
+
+    model, spec = build_system(study, system)
+    cfg = TrainConfig.from_preset(study.preset.emd, seed=seed)
+    summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
+    pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
+    info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
+            "history": summary.get("history", [])}
+    return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
+
+
+def _run_svm(sets: dict):
+    """Steg.Features + SVM: features of the uint8 face crops, linear SVM; P(fake) = sigmoid(decision)."""
+    from emdlib.baselines.steganalysis import shared_input_to_uint8, steg_svm_pipeline
+
+    def arrays(ds) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        items = [ds[i] for i in range(len(ds))]
+        x = shared_input_to_uint8(torch.stack([it["image"] for it in items]))
+        return x, np.array([int(it["label"]) for it in items]), items
+
+    x_tr, y_tr, _ = arrays(sets["train"])
+    x_te, y_te, items = arrays(sets["test"])
+    pipe = steg_svm_pipeline()
+    pipe.fit(x_tr, y_tr)
+    prob = 1.0 / (1.0 + np.exp(-pipe.decision_function(x_te)))
+    pred = {"prob": prob, "label": y_te,
+            **{k: np.array([it[k] for it in items], dtype=object) for k in ("method", "compression", "video")},
+            "frame": np.array([int(it["frame"]) for it in items])}
+    return pred, {"config": {"classifier": "LinearSVC", "C": 1.0}, "device": "cpu"}, None
+
+
+def run_grid(study: Study, systems: Sequence[str], cells: Sequence[tuple[str, str]],
+             seed: int = 0) -> list[dict[str, Any]]:
+    """:func:`run_cell` for every system × cell (finished runs are read back)."""
+    records = []
+    for method, comp in cells:
+        for system in systems:
+            log.info("%s on %s %s", system, method, comp)
+            records.append(run_cell(study, system, method, comp, seed))
+    return records
+
+
+def finished_runs(study: Study, systems: Sequence[str], cells: Sequence[tuple[str, str]], seed: int = 0,
+                  made_by: str = "the notebook that runs them") -> list[dict[str, Any]]:
+    """The run records of ``systems`` × ``cells`` as an earlier notebook left them; never trains.
+
+    For figures drawn from finished runs (Figs. 4, 5, 7): raises FileNotFoundError listing the missing runs and
+    naming ``made_by``, the notebook or command that makes them.
+    """
+    names = [run_name(s, m, c, seed) for m, c in cells for s in systems]
+    missing = [n for n in names if not (study.paths.runs / n / RECORD).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{study.paths.runs}: runs {missing} of preset {study.name!r} are missing; make them "
+                                f"with {made_by} (or `emd reproduce --preset {study.name}`)")
+    return [read_json(study.paths.runs / n / RECORD) for n in names]
+
+
+# ------------------------------------------------------------------------------------ which runs a result needs
+
+def paper_cells(preset: Preset, methods: Sequence[str] = EXPRESSION_METHODS,
+                compression: str = "c23") -> list[tuple[str, str]]:
+    """The preset's cells (``preset.emd.cells``) that Table V and Figs. 4, 5, 7 use: F2F and NT at HQ (c23).
+    Raises ValueError when the preset has none."""
+    cells = [(m, c) for m, c in preset.emd.cells if m in methods and c == compression]
+    if not cells:
+        raise ValueError(f"preset {preset.name!r} has no {'/'.join(methods)} {compression} cell "
+                         f"(its cells: {list(preset.emd.cells)})")
+    return cells
+
+
+def _train_videos(preset: Preset) -> int:
+    """Pristine training videos of the preset: two per train pair (FF++ splits; 720 for the paper)."""
+    return 2 * int(preset.data.pairs[0])
+
+
+def training_size_points(preset: Preset, n_points: int | None = None) -> list[int]:
+    """Numbers of (pristine) training videos for Fig. 6, increasing, ending at the preset's full training set.
+
+    The paper goes from 10 to ~700 videos. Here the points are geometrically spaced between 10 (2 when the preset has
+    fewer than 100 training videos) and ``2 × train pairs``; by default 2 points for a smoke-test preset (≤ 8 videos),
+    4 up to 200 videos, 6 beyond (e.g. ``tiny`` → [2, 6], ``cpu`` → [2, 4, 9, 20], ``paper`` → 10 … 720).
+    Raises ValueError for a preset without training videos or ``n_points < 1``.
+    """
+    total = _train_videos(preset)
+    if total < 1:
+        raise ValueError(f"preset {preset.name!r} has no training videos")
+    if n_points is None:
+        n_points = 2 if total <= 8 else 4 if total <= 200 else 6
+    if n_points < 1:
+        raise ValueError(f"n_points must be >= 1, got {n_points}")
+    lo = min(10 if total >= 100 else 2, total)
+    points = sorted({int(round(x)) for x in np.geomspace(lo, total, n_points)} | {total})
+    return [p for p in points if 1 <= p <= total]
+
+
+def training_size_plan(preset: Preset) -> dict[str, Any]:
+    """Preset-dependent defaults of notebook 05: ``points``, ``seeds`` (three, as the minimum for an interval) and
+    ``cells`` — F2F and one other cell of the preset (NT, else DF) as the paper's two panels; one cell for a
+    smoke-test preset (≤ 8 training videos) or when the preset asks for one (``EMDConfig.curve_cells``)."""
+    cells = list(preset.emd.cells)
+    f2f = [c for c in cells if c[0] == "Face2Face"] or cells[:1]
+    chosen = f2f[:1]
+    if _train_videos(preset) > 8 and preset.emd.curve_cells > 1:
+        others = [c for m in ("NeuralTextures", "Deepfakes") for c in cells if c[0] == m and c[1] == chosen[0][1]]
+        chosen += others[:1]
+    return {"points": training_size_points(preset, preset.emd.curve_points), "seeds": [0, 1, 2], "cells": chosen}
+
+
+def training_size_runs(study: Study, points: Sequence[int], seeds: Sequence[int], cells: Sequence[tuple[str, str]],
+                       system: str = "EMD") -> list[dict[str, Any]]:
+    """Fig. 6's runs (§IV-E2): ``system`` on each cell trained on the first ``n`` pristine training videos (and their
+    fakes; :meth:`~emdlib.data.datasets.ManipulationDataset.subset_videos`, nested per seed) for every ``n`` and
+    seed; finished runs are read back."""
+    records = []
+    for method, comp in cells:
+        for n in points:
+            for seed in seeds:
+                log.info("Fig. 6: %s on %s %s, %d training videos, seed %d", system, method, comp, n, seed)
+                records.append(run_cell(study, system, method, comp, seed=seed, n_train_videos=int(n)))
+    return records
