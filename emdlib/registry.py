@@ -239,13 +239,15 @@ def _construct(entry: Entry, args: dict[str, Any], name: str, source: str | os.P
     return model
 
 
-def load_state_strict(model: nn.Module, state: Mapping[str, Any], source: str | os.PathLike) -> nn.Module:
-    """Load ``state`` into ``model`` requiring the same tensor names and shapes; ValueError naming ``source`` and the
-    first differences otherwise. Returns ``model``."""
+def load_state_strict(model: nn.Module, state: Mapping[str, Any], source: str | os.PathLike,
+                      name: str | None = None) -> nn.Module:
+    """Load ``state`` into ``model`` requiring the same tensor names and shapes; ValueError naming ``source``, the
+    model (``name``, the spec's registry name, else the class name) and the first differences otherwise. Returns
+    ``model``."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    name = type(model).__name__
+    name = name or type(model).__name__
     if missing or unexpected:
         raise ValueError(f"{source}: weights do not match model {name!r} "
                          f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
@@ -266,8 +268,9 @@ def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple
     registry does not accept, or weights that do not fit it.
     """
     state, meta = load_checkpoint(path, device="cpu")
-    model = build_from_spec(meta.get("model"), path)
-    load_state_strict(model, state, path)
+    spec = check_spec(meta.get("model"), path)
+    model = build_from_spec(spec, path)
+    load_state_strict(model, state, path, name=spec["name"])
     return model.to(device).eval(), meta
 
 
@@ -289,7 +292,7 @@ def save_detector(path: str | os.PathLike, model: nn.Module, image_size: int, sp
         raise ValueError(f"{path}: image_size must be positive, got {image_size}")
     state = model.state_dict()
     if verify:
-        load_state_strict(build_from_spec(spec, path), state, path)
+        load_state_strict(build_from_spec(spec, path), state, path, name=spec["name"])
     return save_checkpoint(path, state, {**dict(meta or {}), "model": spec, "image_size": int(image_size)})
 
 

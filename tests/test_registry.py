@@ -104,7 +104,7 @@ def test_a_constructor_that_rejects_a_well_typed_value_is_reported_as_the_files_
 
 def test_weights_that_do_not_fit_the_spec_are_refused(tmp_path):
     state = build_model("esr", num_branches=1).state_dict()
-    with pytest.raises(ValueError, match=r"m\.safetensors: weights do not match model 'ESR' \(missing \['branches\.1"):
+    with pytest.raises(ValueError, match=r"m\.safetensors: weights do not match model 'esr' \(missing \['branches\.1"):
         model_from_checkpoint(write(tmp_path, state, model_spec("esr", num_branches=2)))
 
 

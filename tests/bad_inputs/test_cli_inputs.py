@@ -26,6 +26,8 @@ from emdlib import cli
 from emdlib.checkpoint import load_checkpoint, load_torch_state_dict, save_checkpoint, sidecar_path
 from emdlib.data.expressions import read_affectnet_csv
 from emdlib.io import read_json
+from emdlib.models.detector import DetectorNet, DetectorOutput
+from emdlib.study import STUDY_PARAMETERS
 
 # ------------------------------------------------------------------------------------------------------- helpers
 
@@ -111,7 +113,7 @@ def test_reproduce_parameters(case, tmp_path, caplog, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
     if message is None:
         assert errors == [] and len(calls) == 1
-        got = {k: v for k, v in calls[0].items() if k not in ("preset", "data_root", "results_root")}
+        got = {k: v for k, v in calls[0].items() if k not in STUDY_PARAMETERS}
         assert got == injected and all(type(got[k]) is type(v) for k, v in injected.items())
     else:
         assert len(errors) == 1 and message in errors[0], errors
@@ -353,13 +355,13 @@ def test_killed_prepare_leftovers_are_removed_by_the_next_run(tmp_path, caplog):
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
 
 
-class _Linear(torch.nn.Module):
+class _Linear(DetectorNet):
     def __init__(self) -> None:
         super().__init__()
         self.fc = torch.nn.Linear(3 * 4 * 4, 2)
 
     def forward(self, image, fer_image=None):
-        return {"logits": self.fc(image.flatten(1)), "mask_logits": None}
+        return DetectorOutput(self.fc(image.flatten(1)))
 
 
 def test_killed_training_leftovers_are_removed_and_a_stale_sidecar_never_describes_new_weights(tmp_path, caplog):
