@@ -130,10 +130,11 @@ def _load(im: Image.Image) -> bool:
 
 
 def to_rgb8(im: Image.Image) -> np.ndarray:
-    """A Pillow image of any mode as RGB uint8 ``(H, W, 3)`` (alpha dropped, 16-bit ÷ 257, float/int32 min-max)."""
+    """A Pillow image of any mode as a writable RGB uint8 ``(H, W, 3)`` array (alpha dropped, 16-bit ÷ 257,
+    float/int32 min-max)."""
     mode = im.mode
     if mode in ("RGB", "L", "1", "P", "PA", "LA", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "La"):
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        return np.array(im.convert("RGB"), dtype=np.uint8)  # a copy: np.asarray of a Pillow image is read-only
     a = np.asarray(im)
     if a.dtype.kind == "u" and a.dtype.itemsize == 2 or (mode.startswith("I") and a.size and a.min() >= 0
                                                          and a.max() <= 65535 and mode != "I;8"):
@@ -156,4 +157,4 @@ def to_rgb8(im: Image.Image) -> np.ndarray:
         a8 = np.repeat(a8[..., :1], 3, axis=2)
     elif a8.shape[2] > 3:
         a8 = a8[..., :3]
-    return np.ascontiguousarray(a8)
+    return np.require(a8, requirements=["C", "W"])
