@@ -56,3 +56,15 @@ def fake_run(study):
         return name
 
     return write
+
+
+@pytest.fixture()
+def size_records(study, fake_run) -> Path:
+    """Fig. 6 run records in ``study``: EMD on F2F c23 with 2 and 6 training videos × seeds 0-2 (one pixel accuracy
+    missing), plus the full-data run, which is not a Fig. 6 point; returns the results folder."""
+    for seed, acc, pix in [(0, 0.5, 0.8), (1, 0.7, 0.8), (2, 0.9, 0.9)]:
+        fake_run("EMD", "Face2Face", "c23", acc, pix, seed=seed, n_train_videos=2)
+    for seed, acc, pix in [(0, 1.0, 0.95), (1, 1.0, float("nan")), (2, 0.97, 0.97)]:
+        fake_run("EMD", "Face2Face", "c23", acc, pix, seed=seed, n_train_videos=6)
+    fake_run("EMD", "Face2Face", "c23", 0.1, 0.1)  # full-data run: not a Fig. 6 point
+    return study.paths.results

@@ -14,15 +14,6 @@ from emdlib.study.experiments import run_name
 from emdlib.study.records import load_predictions, load_run_records
 
 
-@pytest.fixture()
-def size_records(study, fake_run):
-    for seed, acc, pix in [(0, 0.5, 0.8), (1, 0.7, 0.8), (2, 0.9, 0.9)]:
-        fake_run("EMD", "Face2Face", "c23", acc, pix, seed=seed, n_train_videos=2)
-    for seed, acc, pix in [(0, 1.0, 0.95), (1, 1.0, float("nan")), (2, 0.97, 0.97)]:
-        fake_run("EMD", "Face2Face", "c23", acc, pix, seed=seed, n_train_videos=6)
-    return study.paths.results
-
-
 def test_training_size_figure_draws_mean_and_band(size_records):
     df = tables.training_size_table(load_run_records(size_records))
     fig = training_size_figure(df)

@@ -112,16 +112,6 @@ def test_metrics_table_reads_the_runs_asked_for(study, fake_run):
 
 # ---------------------------------------------------------------------------------------------- Fig. 6 numbers
 
-@pytest.fixture()
-def size_records(study, fake_run):
-    for seed, acc, pix in [(0, 0.5, 0.8), (1, 0.7, 0.8), (2, 0.9, 0.9)]:
-        fake_run("EMD", "Face2Face", "c23", acc, pix, seed=seed, n_train_videos=2)
-    for seed, acc, pix in [(0, 1.0, 0.95), (1, 1.0, float("nan")), (2, 0.97, 0.97)]:
-        fake_run("EMD", "Face2Face", "c23", acc, pix, seed=seed, n_train_videos=6)
-    fake_run("EMD", "Face2Face", "c23", 0.1, 0.1)  # full-data run: not a Fig. 6 point
-    return study.paths.results
-
-
 def test_training_size_table_aggregates_seeds(size_records):
     df = tables.training_size_table(load_run_records(size_records))
     assert sorted(df["n_train_videos"].unique()) == [2, 6]
