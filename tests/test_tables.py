@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -108,6 +110,21 @@ def test_metrics_table_reads_the_runs_asked_for(study, fake_run):
     fake_run("EMD", "Face2Face", "c23", 0.1, 0.1, n_train_videos=2)
     t = tables.metrics_table(study, ["EMD"], [("Face2Face", "c23")])
     assert t["system"].tolist() == ["EMD"] and t["accuracy"].tolist() == [0.75]
+
+
+def test_best_epoch_stays_an_integer_beside_records_without_one(study, fake_run):
+    from emdlib.study.records import RECORD
+
+    fake_run("EMD", "Face2Face", "c23", 0.75, 0.9)
+    fake_run("Steg.Features+SVM", "Face2Face", "c23", 0.6)  # an SVM: no epochs
+    emd = next(p for p in study.paths.results.rglob(RECORD) if p.parent.name.startswith("emd__"))
+    emd.write_text(json.dumps({**json.loads(emd.read_text()), "best_epoch": 5}))
+    t = tables.metrics_table(study, ["EMD", "Steg.Features+SVM"], [("Face2Face", "c23")])
+    assert t.set_index("system")["best_epoch"].astype(object).tolist() == [5, pd.NA]
+    csv = study.paths.tables / "m.csv"
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    t.to_csv(csv, index=False)
+    assert ",5," in csv.read_text() and ",5.0," not in csv.read_text()
 
 
 # ---------------------------------------------------------------------------------------------- Fig. 6 numbers

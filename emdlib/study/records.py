@@ -117,6 +117,11 @@ def read_run_record(path: str | os.PathLike) -> dict[str, Any]:
     return rec
 
 
+#: Integer fields of a run record that some records lack, read as pandas' nullable ``Int64`` so that tables show
+#: ``5``, not ``5.0`` (``n_train_videos`` stays float: the figures compute with it).
+INTEGER_COLUMNS: tuple[str, ...] = ("best_epoch",)
+
+
 def load_run_records(results_dir: str | os.PathLike) -> pd.DataFrame:
     """Every ``runs/<run>/metrics.json`` under ``results_dir`` (a preset folder or the results root) as one table.
 
@@ -133,7 +138,11 @@ def load_run_records(results_dir: str | os.PathLike) -> pd.DataFrame:
         row.update(metrics)
         row["path"] = str(path)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for col in INTEGER_COLUMNS:  # missing in some records (an SVM has no epochs): nullable ints, never 2.0
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
 
 
 def save_predictions(run_dir: str | os.PathLike, pred: Mapping[str, np.ndarray]) -> Path:
