@@ -186,6 +186,18 @@ def test_study_parameters_reopen_the_same_study(tmp_path: Path) -> None:
     assert Study.open("tiny", tmp_path / "d", tmp_path / "r").preset.fer.esr_weights is None
 
 
+def test_relative_study_paths_resolve_where_the_command_runs(tmp_path: Path, monkeypatch) -> None:
+    """The notebooks' kernels run in notebooks/: a relative -p path must be made absolute before it gets there."""
+    from emdlib.study import Study
+
+    monkeypatch.chdir(tmp_path)
+    study = Study.open("paper", "d", "r", ffpp_root="2024", splits_dir="s", esr_weights="esr9", faces_dir="f")
+    params = study.parameters()
+    assert params["ffpp_root"] == str(tmp_path / "2024") and params["splits_dir"] == str(tmp_path / "s")
+    assert params["esr_weights"] == str(tmp_path / "esr9") and params["data_root"] == str(tmp_path / "d")
+    assert study.paths.faces == tmp_path / "f" and study.paths.results == tmp_path / "r" / "paper"
+
+
 def test_emd_version(capsys) -> None:
     import emdlib
     from emdlib import cli

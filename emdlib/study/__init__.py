@@ -59,7 +59,8 @@ class Study:
         """
         cfg = preset if isinstance(preset, Preset) else get_preset(preset)
         if esr_weights is not None:
-            cfg = dataclasses.replace(cfg, fer=dataclasses.replace(cfg.fer, esr_weights=str(esr_weights)))
+            # resolved here, in the directory the command runs in: the notebooks' kernels run in notebooks/
+            cfg = dataclasses.replace(cfg, fer=dataclasses.replace(cfg.fer, esr_weights=str(Path(esr_weights).resolve())))
         paths = StudyPaths.under(cfg.name, data_root, results_root, ffpp_root=ffpp_root, splits_dir=splits_dir,
                                  faces_dir=faces_dir)
         return cls(preset=cfg, paths=paths.ensure_dirs())
