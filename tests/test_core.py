@@ -191,11 +191,23 @@ def test_relative_study_paths_resolve_where_the_command_runs(tmp_path: Path, mon
     from emdlib.study import Study
 
     monkeypatch.chdir(tmp_path)
-    study = Study.open("paper", "d", "r", ffpp_root="2024", splits_dir="s", esr_weights="esr9", faces_dir="f")
+    study = Study.open("paper", "d", "r", ffpp_root="2024", splits_dir="s", esr_weights="esr9")
     params = study.parameters()
     assert params["ffpp_root"] == str(tmp_path / "2024") and params["splits_dir"] == str(tmp_path / "s")
     assert params["esr_weights"] == str(tmp_path / "esr9") and params["data_root"] == str(tmp_path / "d")
-    assert study.paths.faces == tmp_path / "f" and study.paths.results == tmp_path / "r" / "paper"
+    assert study.paths.results == tmp_path / "r" / "paper"
+    assert Study.open("faces", "d", "r", faces_dir="f").paths.faces == tmp_path / "f"
+
+
+@pytest.mark.parametrize("preset,override", [("tiny", "ffpp_root"), ("cpu", "splits_dir"), ("paper", "faces_dir"),
+                                             ("tiny", "faces_dir")])
+def test_an_override_of_another_data_world_is_refused(preset: str, override: str, tmp_path: Path) -> None:
+    """-p ffpp_root with a synthetic preset used to be half applied (the splits, not the videos)."""
+    from emdlib.study import Study
+
+    with pytest.raises(ValueError, match=f"{override} x: preset '{preset}' builds its own .* world, so it would be "
+                                         f"ignored"):
+        Study.open(preset, tmp_path / "d", tmp_path / "r", **{override: "x"})
 
 
 def test_emd_version(capsys) -> None:

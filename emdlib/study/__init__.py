@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emdlib.presets import Preset, get_preset
+from emdlib.presets import PRESETS, Preset, get_preset
 from emdlib.study.paths import StudyPaths
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,17 @@ class Study:
         ``ffpp_root``: the user's FaceForensics++ root (``paper``); ``splits_dir``: its split files (default
         ``<world>/splits``); ``faces_dir``: the face photos of the ``faces`` preset; ``esr_weights``: a folder with
         the official ESR-9 files, which then replace the preset's trained ESR (recorded in the configuration).
-        Raises KeyError for an unknown preset name.
+        Raises KeyError for an unknown preset name and ValueError for an override of another data world (e.g.
+        ``ffpp_root`` with a synthetic preset, which would otherwise be half applied).
         """
         cfg = preset if isinstance(preset, Preset) else get_preset(preset)
+        world = cfg.data.world
+        for option, value, needs in (("ffpp_root", ffpp_root, "ffpp"), ("splits_dir", splits_dir, "ffpp"),
+                                     ("faces_dir", faces_dir, "faces")):
+            if value is not None and world != needs:
+                users = ", ".join(sorted(n for n, p in PRESETS.items() if p.data.world == needs))
+                raise ValueError(f"{option} {value}: preset {cfg.name!r} builds its own {world} world, so it would "
+                                 f"be ignored; {option} is for the {needs} world (preset {users})")
         if esr_weights is not None:
             # resolved here, in the directory the command runs in: the notebooks' kernels run in notebooks/
             cfg = dataclasses.replace(cfg, fer=dataclasses.replace(cfg.fer, esr_weights=str(Path(esr_weights).resolve())))
@@ -83,7 +91,7 @@ class Study:
             "results_root": str(paths.results.parent),
             "ffpp_root": str(paths.world) if self.preset.data.world == "ffpp" else None,
             "faces_dir": str(paths.faces) if paths.faces else None,
-            "splits_dir": str(paths.splits),
+            "splits_dir": str(paths.splits) if self.preset.data.world == "ffpp" else None,
             "esr_weights": self.preset.fer.esr_weights,
         }
 
