@@ -29,6 +29,7 @@ import json
 import keyword
 import shlex
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -403,27 +404,52 @@ def reproduce(
         log.info("[%d/%d] running %s (preset %s%s)", i, len(selected), nb.name, preset,
                  "".join(f", {k}={v!r}" for k, v in extras[nb.name].items()))
         t0 = time.perf_counter()
-        out = out_dir / nb.name
-        _execute(pm, nb, out, params, log_output, progress)
+        try:
+            _execute(pm, nb, out_dir / nb.name, params, log_output, progress)
+        except NotebookError:
+            if nb.name in previous:  # its executed copy is still the earlier run's: so is its time
+                write_json(timings_path, dict(sorted({**kept, nb.name: previous[nb.name], **timings}.items())))
+            raise
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         log.info("[%d/%d] %s done in %.1f s", i, len(selected), nb.name, timings[nb.name])
     write_json(timings_path, dict(sorted({**kept, **timings}.items())))
     return timings
 
 
+def failed_copy(out: Path) -> Path:
+    """Where the partly executed copy of a failed notebook ``out`` (``NN_name.ipynb``) is kept:
+    ``NN_name.failed.ipynb`` beside it, so that a failed re-run never replaces the last good executed copy."""
+    return out.with_name(f"{out.stem}.failed{out.suffix}")
+
+
 def _execute(pm: Any, nb: Path, out: Path, params: dict[str, Any], log_output: bool, progress: bool) -> None:
-    """One notebook through papermill; any failure becomes a :class:`NotebookError` (traceback in the copy)."""
+    """One notebook through papermill into ``out``; any failure becomes a :class:`NotebookError` (traceback in the
+    copy). papermill writes as it goes, so it writes to a temporary name: a notebook that finishes replaces ``out``
+    (and removes an earlier failed copy), one that fails is moved to :func:`failed_copy` and ``out`` is untouched."""
     bar = {"desc": nb.name, "unit": "cell", "leave": False, "disable": None} if progress else False
+    running = out.with_name(f".{out.stem}.running{out.suffix}")
+    failed = failed_copy(out)
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(nb.parent), progress_bar=bar,
+        pm.execute_notebook(str(nb), str(running), parameters=params, cwd=str(nb.parent), progress_bar=bar,
                             log_output=log_output)
     except pm.PapermillExecutionError as e:
-        cell, cells, first = _source_cell(out, e.cell_index)
+        _keep(running, failed)
+        cell, cells, first = _source_cell(failed, e.cell_index)
         log.debug("%s: traceback of the failed cell:\n%s", nb.name, "\n".join(_strip_ansi(t) for t in e.traceback))
-        raise NotebookError(nb.name, out, e.ename, e.evalue, cell, cells, e.exec_count, first) from None
+        raise NotebookError(nb.name, failed, e.ename, e.evalue, cell, cells, e.exec_count, first) from None
     except Exception as e:  # the kernel died, could not start, timed out, ...
         log.debug("%s: execution failed", nb.name, exc_info=True)
-        raise NotebookError(nb.name, out, type(e).__name__, str(e)) from None
+        _keep(running, failed)
+        raise NotebookError(nb.name, failed, type(e).__name__, str(e)) from None
+    if running.exists():  # papermill always writes it; a stand-in for papermill may not
+        os.replace(running, out)
+    failed.unlink(missing_ok=True)
+
+
+def _keep(running: Path, failed: Path) -> None:
+    """Move a failed run's partial copy to ``failed`` (nothing to move when papermill never started writing)."""
+    if running.exists():
+        os.replace(running, failed)
 
 
 ERROR_TAG = "papermill-error-cell-tag"  # papermill.execute.ERROR_MARKER_TAG: the cells it adds to a failed copy

@@ -177,18 +177,40 @@ def test_failed_notebook_ends_with_one_line_and_keeps_the_executed_copy(tmp_path
                 cwd=tmp_path)
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
-    copy = tmp_path / "res" / "tiny" / "notebooks" / "01_fails.ipynb"
+    copy = tmp_path / "res" / "tiny" / "notebooks" / "01_fails.failed.ipynb"
     assert len(errors) == 1, r.stderr
     assert errors[0].endswith(
         "ERROR emdlib: 01_fails.ipynb failed in cell 3 of 4 (In [4], '# the broken step'): ValueError: cells list is "
         f"empty see the preset; partly executed copy: {copy}")
-    assert "Traceback" not in r.stderr and "----" not in r.stderr
+    # no traceback of ours or of the notebook's (a loaded machine sometimes gets one from jupyter's zmq event loop
+    # while the failed kernel shuts down: that noise is not ours to silence)
+    frames = [ln for ln in r.stderr.splitlines() if ln.strip().startswith('File "')]
+    assert not [f for f in frames if "/zmq/" not in f and "/jupyter_client/" not in f and "/tornado/" not in f], r.stderr
+    assert "ValueError: cells list is empty\n" not in r.stderr and "----" not in r.stderr
     assert "[1/2] 00_ok.ipynb done" in r.stderr and "[2/2] running 01_fails.ipynb" in r.stderr
     executed = nbformat.read(str(copy), as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert len(outputs) == 1 and outputs[0].ename == "ValueError"
     timings = json.loads((tmp_path / "res" / "tiny" / "timings.json").read_text())
     assert list(timings) == ["00_ok.ipynb"]  # the failed notebook has no time
+
+
+def test_a_failed_rerun_keeps_the_last_good_executed_copy_and_its_time(tmp_path):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs, "00_step.ipynb", 'preset = "x"\nresults_root = "."\nfail = False\n',
+                   "if fail:\n    raise RuntimeError('asked to fail')")
+    args = ("reproduce", "--preset", "tiny", "--notebooks", str(nbs), "--results", "res", "--data-root", "d")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    out = tmp_path / "res" / "tiny" / "notebooks"
+    good = (out / "00_step.ipynb").read_bytes()
+    time_before = json.loads((tmp_path / "res" / "tiny" / "timings.json").read_text())
+    r = run_cli(*args, "-p", "fail", "true", cwd=tmp_path)
+    assert r.returncode == 1 and "partly executed copy: " + str(out / "00_step.failed.ipynb") in r.stderr
+    assert (out / "00_step.ipynb").read_bytes() == good  # the good copy is untouched
+    assert json.loads((tmp_path / "res" / "tiny" / "timings.json").read_text()) == time_before
+    assert sorted(p.name for p in out.iterdir()) == ["00_step.failed.ipynb", "00_step.ipynb"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0  # a good run again removes the failed copy
+    assert sorted(p.name for p in out.iterdir()) == ["00_step.ipynb"]
 
 
 def test_notebook_error_message_is_one_line():
