@@ -86,12 +86,11 @@ DEVIATIONS: tuple[Deviation, ...] = (
         ("emdlib.models.esr.select_branch_from_logits(voters_only)", "emdlib.models.esr.FERStream.select_branch")),
     Deviation(
         "no-dropout", "No dropout in ASPP and decoder",
-        "§III-D/§IV-B take DeepLabv3+ without listing its layers; common DeepLabv3+ implementations put Dropout 0.5 "
-        "after the ASPP projection and 0.5/0.1 in the decoder (reference-facts §C.1), the paper does not mention it.",
+        "§III-D/§IV-B take DeepLabv3+ without listing its layers and do not mention dropout.",
         "ASPP (rates 6/12/18, image pooling, 256 channels, atrous separable 3×3 convs) and decoder (48-channel "
         "low-level projection, two 3×3 256-channel convs) have no dropout (`ASPP`, `Decoder`).",
-        "DeepLabv3+ itself (Chen et al. 2018) does not list dropout; without a statement in the paper we keep the "
-        "architecture as published.",
+        "Reference implementations differ (some add Dropout 0.5 after the ASPP projection and 0.5/0.1 in the "
+        "decoder, others none; reference-facts §C.1); with no statement in the paper we add none rather than pick one.",
         None, ("emdlib.models.emd.ASPP", "emdlib.models.emd.Decoder")),
     Deviation(
         "low-level-feature", "Decoder's low-level feature",
