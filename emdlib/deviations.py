@@ -54,7 +54,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "log-likelihoods of an image, then averages over the N images; Eq. 8 adds it to L_cls unweighted.",
         "`binary_cross_entropy_with_logits` averaged over pixels *and* images (`manipulation_loss`), i.e. Eq. 7 "
         "divided by H·W; computed from logits for numerical stability.",
-        "Summed over 299² = 89,401 pixels, L_seg would outweigh Eq. 6's per-image cross-entropy by a factor of H·W "
+        "Summed over 299² = 89,401 pixels, L_seg would outweigh Eq. 6's per-image cross-entropy by a factor of about H·W "
         "in the unweighted Eq. 8, and the shared encoder would learn almost only from the masks; the per-pixel mean "
         "keeps both tasks on one scale.",
         None, ("emdlib.models.detector.manipulation_loss",)),
@@ -177,8 +177,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
          "emdlib.models.esr.load_official_esr")),
     Deviation(
         "fer-schedule", "ESR training schedule",
-        "ESR is trained with the official branch-growing schedule (base + branch 1 for 50 epochs, then 20 per added "
-        "branch, SGD 0.1/0.01; reference-facts §A.5).",
+        "§III-C takes ESR from Siqueira et al., whose official code grows the ensemble (base + branch 1 for 50 "
+        "epochs, then 20 per added branch, SGD 0.1/0.01; reference-facts §A.5).",
         "The FER stage trains all branches jointly from the start for `fer.epochs` (`FERTrainConfig.from_preset`: "
         "schedule `joint`), SGD with momentum 0.9 (`paper`, `faces`) or Adam at 1e-3 (`tiny`, `cpu`); validation "
         "every epoch (official: every 2).",
