@@ -70,7 +70,7 @@ class EMDConfig:
     epochs: int = 1
     batch_size: int = 8
     lr: float = 1e-3
-    pretrained: bool = False
+    pretrained: bool | str = False  # ImageNet start: False, True (timm hub) or a local file (study imagenet_weights)
     max_batches: int | None = None  # cap on training batches per epoch (smoke-test presets only)
     curve_points: int | None = None  # Fig. 6: number of training-set sizes (None: emdlib.study.experiments default)
     curve_cells: int = 2  # Fig. 6: panels (F2F, then NT or DF), as the paper

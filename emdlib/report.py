@@ -2,8 +2,9 @@
 
 :func:`write_report` puts together what the earlier stages left: the preset's note and what its data can and cannot
 show, Tables II–V (:mod:`emdlib.tables`, ours | paper | diff), the chance levels and "does the FER stream help?"
-(:mod:`emdlib.stats`), every figure in ``figures/`` (:mod:`emdlib.figures` drew them), the notebooks' wall times and
-the provenance of every number. :func:`show_report` displays it in a notebook. Nothing here trains or draws.
+(:mod:`emdlib.stats`), every figure in ``figures/`` (:mod:`emdlib.figures` drew them), the notebooks' wall times, the
+deviations from the paper (:mod:`emdlib.deviations`) and the provenance of every number. :func:`show_report`
+displays it in a notebook. Nothing here trains or draws.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from emdlib import paper
+from emdlib.deviations import deviations_markdown
 from emdlib.io import read_json, write_text
 from emdlib.presets import METHODS, Preset
 from emdlib.stats import OURS, chance_levels, fer_effect
@@ -104,7 +106,8 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
 
     Contents: the preset's note and what its data can and cannot show; Tables II–V (ours | paper | diff per cell,
     also written to ``tables/``); "does the FER stream help?" (:func:`fer_effect` on every cell of the preset);
-    every figure in ``figures/`` (relative links); per-notebook wall times from ``timings.json`` when present; and
+    every figure in ``figures/`` (relative links); per-notebook wall times from ``timings.json`` when present; the
+    deviations from the paper (:func:`emdlib.deviations.deviations_markdown`, the same text as the README's); and
     the provenance of every number (run name, git commit, seed, data-manifest sha256, checkpoint sha256, wall time).
     """
     preset, paths = study.preset, study.paths
@@ -162,6 +165,8 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
                 "the report (and any still to run) is not in it yet; the file itself gets every notebook's time.", ""]
     else:
         out += ["No `timings.json` (written by `emd reproduce`).", ""]
+
+    out += ["## Deviations from the paper", "", deviations_markdown(), ""]
 
     out += ["## Provenance", "",
             "Every run record behind the numbers above (full records: `runs/<run>/metrics.json`).", ""]

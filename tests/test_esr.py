@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_path
+
 from emdlib.checkpoint import load_torch_state_dict
 from emdlib.models.esr import (
     ESR,
@@ -77,28 +79,60 @@ def test_bad_input_shape_is_a_clear_error():
 # ---------------------------------------------------------------- official weights
 
 
-def test_official_base_checkpoint_loads(shared):
-    folder = shared / "weights" / "esr9"
-    base_file = folder / OFFICIAL_BASE_FILE
-    if not base_file.is_file():
-        pytest.skip(f"{base_file} not found (official ESR-9 base weights absent)")
+def official_folder_copy(dst, skip: str | None = None):
+    """``../shared/weights/esr9`` copied to ``dst`` (minus ``skip``); branch files absent there (the shared copy has
+    only the base) are written as stand-ins in the official layout. Skips the test when the base file is absent."""
+    import shutil
+
+    src = shared_path("weights", "esr9", OFFICIAL_BASE_FILE).parent
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name != skip:
+            shutil.copy(f, dst / f.name)
+    stand_ins = [b for b in range(9) if OFFICIAL_BRANCH_FILE.format(b + 1) != skip
+                 and not (dst / OFFICIAL_BRANCH_FILE.format(b + 1)).is_file()]
+    if stand_ins:
+        base = (dst / OFFICIAL_BASE_FILE).read_bytes()
+        torch.manual_seed(3)
+        write_official_esr(ESR(num_branches=9), dst, branches=stand_ins)
+        (dst / OFFICIAL_BASE_FILE).write_bytes(base)  # the official base, not the stand-in's
+    return src
+
+
+def test_official_base_checkpoint_loads(tmp_path):
+    src = official_folder_copy(tmp_path)
     m = ESR(num_branches=9)
-    before = [{k: v.clone() for k, v in br.state_dict().items()} for br in m.branches]
-    report = load_official_esr(m, folder)
-    official = load_torch_state_dict(base_file)
+    report = load_official_esr(m, tmp_path)
+    assert [p.name for p in report.loaded] == [OFFICIAL_BASE_FILE] + [f"Net-Branch_{b}.pt" for b in range(1, 10)]
+    official = load_torch_state_dict(src / OFFICIAL_BASE_FILE)
     assert set(official) == set(m.base.state_dict())  # no missing, no unexpected keys
     for k, v in m.base.state_dict().items():
         assert torch.equal(v, official[k]), k
-    expected_missing = [folder / OFFICIAL_BRANCH_FILE.format(b) for b in range(1, 10)
-                        if not (folder / OFFICIAL_BRANCH_FILE.format(b)).is_file()]
-    assert report.missing == expected_missing
-    for path in expected_missing:  # absent branches keep their weights
-        b = int(path.stem.split("_")[-1]) - 1
-        for k, v in m.branches[b].state_dict().items():
-            assert torch.equal(v, before[b][k]), (path.name, k)
     m.eval()
     with torch.no_grad():
         assert torch.isfinite(m.base(torch.rand(1, 3, 96, 96))).all()
+
+
+def test_official_folder_missing_a_branch_fails_by_name(tmp_path):
+    """Issue 13: an ESR-9 folder without ``Net-Branch_4.pt`` is an error naming it (no random branch votes)."""
+    folder = tmp_path / "esr9"
+    official_folder_copy(folder, skip="Net-Branch_4.pt")
+    m = ESR(num_branches=9)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(FileNotFoundError) as e:
+        load_official_esr(m, folder)
+    assert str(e.value).startswith(f"{folder}: official ESR-9 file(s) missing: Net-Branch_4.pt (")
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # nothing half-loaded
+    (folder / OFFICIAL_BASE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"missing: {OFFICIAL_BASE_FILE}, Net-Branch_4\.pt \("):
+        load_official_esr(ESR(num_branches=9), folder)
+
+
+def test_missing_branch_file_fails_by_name_without_shared_data(tmp_path):
+    write_official_esr(ESR(num_branches=3), tmp_path)
+    (tmp_path / "Net-Branch_2.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"official ESR-3 file\(s\) missing: Net-Branch_2\.pt \("):
+        load_official_esr(ESR(num_branches=3), tmp_path)
 
 
 def test_official_layout_round_trip(tmp_path):
@@ -112,7 +146,7 @@ def test_official_layout_round_trip(tmp_path):
     torch.manual_seed(2)
     dst = ESR(num_branches=2)
     report = load_official_esr(dst, tmp_path)
-    assert report.complete and len(report.loaded) == 3
+    assert len(report.loaded) == 3
     for (k, a), (k2, b) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     src.eval(), dst.eval()

@@ -14,6 +14,7 @@ accepts any size ≥ 71 px, so smaller presets are not resized). Output index 1 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterator
 
 import torch
@@ -24,19 +25,22 @@ from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
+TIMM_NAME = "legacy_xception"  # the Cadene port FF++ uses (reference-facts §B.5)
+
 
 class XceptionNet(DetectorNet):
     """FF++ XceptionNet. Output: ``DetectorOutput(logits (N, 2) index 1 = fake, mask_logits None)``.
 
-    ``pretrained``: load timm's ImageNet weights (needs the network or the timm cache; tests use False).
+    ``pretrained``: ImageNet weights — True (timm's, needs the network or the timm cache), a local weights file
+    (:func:`emdlib.pretrained.create_timm_model`: ``.safetensors``, timm checkpoint or ``.pth`` state dict of
+    ``legacy_xception``) or False (random; tests).
     """
 
-    def __init__(self, pretrained: bool = True, num_classes: int = 2, drop_rate: float = 0.0):
+    def __init__(self, pretrained: bool | str | os.PathLike = True, num_classes: int = 2, drop_rate: float = 0.0):
         super().__init__()
-        import timm
+        from emdlib.pretrained import create_timm_model
 
-        self.net = timm.create_model("legacy_xception", pretrained=pretrained, num_classes=num_classes,
-                                     drop_rate=drop_rate)
+        self.net = create_timm_model(TIMM_NAME, pretrained, num_classes=num_classes, drop_rate=drop_rate)
 
     def warmup_parameters(self) -> Iterator[nn.Parameter]:
         """The new FC only (FF++'s warm-up; everything else frozen)."""

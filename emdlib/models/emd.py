@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -48,30 +47,15 @@ LOW_LEVEL_INDEX = 1  # timm feature index of the stride-4, 256-channel entry-flo
 
 def create_encoder(name: str = "xception65", pretrained: bool | str | os.PathLike = False,
                    output_stride: int = 16) -> nn.Module:
-    """timm aligned Xception without classifier; ``pretrained`` is False, True (timm/HF hub) or a local file.
+    """timm aligned Xception without classifier; ``pretrained`` is False, True (timm/HF hub) or a local weights file
+    (``.safetensors``, timm checkpoint or ``.pth`` read with ``weights_only=True``; :mod:`emdlib.pretrained`).
 
-    Raises ``RuntimeError`` with a clear message when the ImageNet weights cannot be obtained (e.g. offline).
+    Raises RuntimeError saying how to give a local file when the ImageNet weights cannot be downloaded (e.g.
+    offline), FileNotFoundError / ValueError naming the file when a local file is absent, unreadable or does not fit.
     """
-    import timm
+    from emdlib.pretrained import create_timm_model
 
-    kwargs = dict(num_classes=0, output_stride=output_stride)
-    if pretrained is False or pretrained is None:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    if pretrained is True:
-        try:
-            return timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as e:  # huggingface_hub raises its own (OSError-derived) types when offline
-            raise RuntimeError(
-                f"ImageNet weights for timm model {name!r} could not be downloaded ({type(e).__name__}: {e}). "
-                "Pass pretrained=False, or pretrained='/path/to/weights.safetensors' (a local timm weights file)."
-            ) from e
-    path = Path(pretrained)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder weights file not found (pretrained=...)")
-    try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    except Exception as e:
-        raise RuntimeError(f"{path}: could not load as {name!r} ImageNet weights ({type(e).__name__}: {e})") from e
+    return create_timm_model(name, pretrained, num_classes=0, output_stride=output_stride)
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, separable: bool = False) -> nn.Sequential:

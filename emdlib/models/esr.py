@@ -335,14 +335,9 @@ class ESR(FERStream):
 
 @dataclass
 class OfficialLoadReport:
-    """What :func:`load_official_esr` did: files loaded and expected files that were absent (branches kept as they were)."""
+    """What :func:`load_official_esr` loaded: the base file, then ``Net-Branch_{1..B}.pt`` in order."""
 
     loaded: list[Path] = field(default_factory=list)
-    missing: list[Path] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
 
 
 def _load_into(module: nn.Module, path: Path) -> None:
@@ -362,35 +357,40 @@ def _load_into(module: nn.Module, path: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def load_official_esr(model: ESR, folder: str | os.PathLike) -> OfficialLoadReport:
-    """Load the official ESR-9 state dicts from ``folder`` into ``model`` (reference-facts §A.3).
+def official_esr_files(folder: str | os.PathLike, num_branches: int = 9) -> list[Path]:
+    """The official files a ``num_branches``-branch ESR loads from ``folder``: the base, then ``Net-Branch_{1..B}.pt``.
 
-    ``Net-Base-Shared_Representations.pt`` is required and goes to ``model.base``; ``Net-Branch_{b}.pt`` goes to
-    ``model.branches[b - 1]`` for ``b = 1..model.num_branches``. Branch files that are absent are reported (and
-    logged) and those branches keep their current weights. Every file is read with ``weights_only=True`` and must
-    match its module key for key and shape for shape; any mismatch raises ``ValueError`` naming the file.
+    Raises FileNotFoundError when ``folder`` is not a directory, or naming every expected file that is absent (an
+    ESR with a branch left at random initialisation would vote with noise, so a partial folder is refused).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: ESR weights folder not found")
-    report = OfficialLoadReport()
-    base = folder / OFFICIAL_BASE_FILE
-    if not base.is_file():
-        raise FileNotFoundError(f"{base}: the official ESR base file is required and was not found")
-    _load_into(model.base, base)
-    report.loaded.append(base)
-    for b in range(model.num_branches):
-        path = folder / OFFICIAL_BRANCH_FILE.format(b + 1)
-        if not path.is_file():
-            report.missing.append(path)
-            continue
-        _load_into(model.branches[b], path)
-        report.loaded.append(path)
-    if report.missing:
-        log.warning(
-            "official ESR: %d of %d branch files missing in %s (%s); those branches keep their current weights",
-            len(report.missing), model.num_branches, folder, ", ".join(p.name for p in report.missing),
+    files = [folder / OFFICIAL_BASE_FILE] + [folder / OFFICIAL_BRANCH_FILE.format(b) for b in range(1, num_branches + 1)]
+    absent = [p for p in files if not p.is_file()]
+    if absent:
+        raise FileNotFoundError(
+            f"{folder}: official ESR-{num_branches} file(s) missing: {', '.join(p.name for p in absent)} "
+            f"(the folder must hold {OFFICIAL_BASE_FILE} and {OFFICIAL_BRANCH_FILE.format(1)} … "
+            f"{OFFICIAL_BRANCH_FILE.format(num_branches)} from the ESR authors' repository)"
         )
+    return files
+
+
+def load_official_esr(model: ESR, folder: str | os.PathLike) -> OfficialLoadReport:
+    """Load the official ESR-9 state dicts from ``folder`` into ``model`` (reference-facts §A.3).
+
+    ``Net-Base-Shared_Representations.pt`` goes to ``model.base`` and ``Net-Branch_{b}.pt`` to
+    ``model.branches[b - 1]`` for ``b = 1..model.num_branches``; every one of them is required
+    (:func:`official_esr_files`: FileNotFoundError naming each absent file, before anything is loaded). Every file is
+    read with ``weights_only=True`` and must match its module key for key and shape for shape; any mismatch raises
+    ``ValueError`` naming the file.
+    """
+    files = official_esr_files(folder, model.num_branches)
+    report = OfficialLoadReport()
+    for path, module in zip(files, [model.base, *model.branches]):
+        _load_into(module, path)
+        report.loaded.append(path)
     log.info("official ESR: loaded %s", ", ".join(p.name for p in report.loaded))
     return report
 

@@ -30,7 +30,7 @@ from emdlib.study.paths import StudyPaths
 log = logging.getLogger(__name__)
 
 #: What may change a study besides its preset and roots (:meth:`Study.open`'s keyword arguments).
-STUDY_OVERRIDES: tuple[str, ...] = ("ffpp_root", "faces_dir", "splits_dir", "esr_weights")
+STUDY_OVERRIDES: tuple[str, ...] = ("ffpp_root", "faces_dir", "splits_dir", "esr_weights", "imagenet_weights")
 #: The notebook parameters that open a study (every numbered notebook declares them; ``emd reproduce`` passes them).
 STUDY_PARAMETERS: tuple[str, ...] = ("preset", "data_root", "results_root", *STUDY_OVERRIDES)
 #: The numbered notebooks that run a stage later notebooks need (prefix → stage).
@@ -48,13 +48,18 @@ class Study:
     @classmethod
     def open(cls, preset: str | Preset, data_root: str | Path = "data", results_root: str | Path = "results", *,
              ffpp_root: str | Path | None = None, faces_dir: str | Path | None = None,
-             splits_dir: str | Path | None = None, esr_weights: str | Path | None = None) -> "Study":
+             splits_dir: str | Path | None = None, esr_weights: str | Path | None = None,
+             imagenet_weights: str | Path | None = None) -> "Study":
         """The study of ``preset`` (a name from :data:`emdlib.presets.PRESETS`, or a :class:`Preset`) under
         ``data_root`` / ``results_root``; its folders are created.
 
         ``ffpp_root``: the user's FaceForensics++ root (``paper``); ``splits_dir``: its split files (default
         ``<world>/splits``); ``faces_dir``: the face photos of the ``faces`` preset; ``esr_weights``: a folder with
-        the official ESR-9 files, which then replace the preset's trained ESR (recorded in the configuration).
+        the official ESR-9 files, which then replace the preset's trained ESR (recorded in the configuration);
+        ``imagenet_weights``: a local ImageNet weights file for the timm networks that start from ImageNet (EMD's
+        encoder, XceptionNet; :mod:`emdlib.pretrained`) — it becomes the preset's ``emd.pretrained`` (so it is in the
+        configuration every run records), also for a preset that would otherwise start from random weights.
+        Relative paths are resolved in the directory the command runs in (the notebooks' kernels run in notebooks/).
         Raises KeyError for an unknown preset name and ValueError for an override of another data world (e.g.
         ``ffpp_root`` with a synthetic preset, which would otherwise be half applied).
         """
@@ -67,8 +72,11 @@ class Study:
                 raise ValueError(f"{option} {value}: preset {cfg.name!r} builds its own {world} world, so it would "
                                  f"be ignored; {option} is for the {needs} world (preset {users})")
         if esr_weights is not None:
-            # resolved here, in the directory the command runs in: the notebooks' kernels run in notebooks/
-            cfg = dataclasses.replace(cfg, fer=dataclasses.replace(cfg.fer, esr_weights=str(Path(esr_weights).resolve())))
+            esr_weights = Path(esr_weights).resolve()
+            cfg = dataclasses.replace(cfg, fer=dataclasses.replace(cfg.fer, esr_weights=str(esr_weights)))
+        if imagenet_weights is not None:
+            imagenet_weights = Path(imagenet_weights).resolve()
+            cfg = dataclasses.replace(cfg, emd=dataclasses.replace(cfg.emd, pretrained=str(imagenet_weights)))
         paths = StudyPaths.under(cfg.name, data_root, results_root, ffpp_root=ffpp_root, splits_dir=splits_dir,
                                  faces_dir=faces_dir)
         return cls(preset=cfg, paths=paths.ensure_dirs())
@@ -93,6 +101,7 @@ class Study:
             "faces_dir": str(paths.faces) if paths.faces else None,
             "splits_dir": str(paths.splits) if self.preset.data.world == "ffpp" else None,
             "esr_weights": self.preset.fer.esr_weights,
+            "imagenet_weights": pretrained if isinstance(pretrained := self.preset.emd.pretrained, str) else None,
         }
 
     def __repr__(self) -> str:

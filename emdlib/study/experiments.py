@@ -114,6 +114,22 @@ def build_system(study: Study, system: System) -> tuple[torch.nn.Module, dict[st
     return model, model_spec(system.kind, fer=fer, **kwargs)
 
 
+def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
+    """What ``system``'s network started from, for its run record: the ImageNet weights of EMD's encoder and of
+    XceptionNet as the preset gives them (:func:`emdlib.pretrained.describe_weights`: random, timm's, or a local
+    file with its sha256), ``{"source": "random"}`` for the other systems (their FER streams are recorded with the
+    FER stage)."""
+    from emdlib.pretrained import describe_weights
+
+    if system.kind == "emd":
+        return describe_weights(preset.emd.pretrained, preset.emd.encoder)
+    if system.kind == "xception":
+        from emdlib.baselines.xception import TIMM_NAME
+
+        return describe_weights(preset.emd.pretrained, TIMM_NAME)
+    return {"source": "random"}
+
+
 def cell_datasets(study: Study, method: str, compression: str, n_train_videos: int | None = None,
                   seed: int = 0) -> dict[str, ManipulationDataset]:
     """Train (augmented; optionally the first ``n_train_videos`` pristine videos and their fakes), val and test sets
@@ -166,6 +182,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
                      wall_time_s=round(time.perf_counter() - t0, 1),
                      extra={"system": system, "method": method, "compression": compression,
                             "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
+                            "initial_weights": initial_weights(study.preset, spec),
                             "history": train_info.get("history", [])},
                      preset=study.name)
     _drop_training_state(paths.run_checkpoints / name)

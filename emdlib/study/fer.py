@@ -104,8 +104,8 @@ def ensure_fer_stream(study: Study, kind: str, sets: dict[str, ExpressionDataset
 
         model = build_model("esr", num_branches=9)
         report = load_official_esr(model, study.preset.fer.esr_weights)
-        info = {"source": "official", "loaded": [p.name for p in report.loaded],
-                "missing": [p.name for p in report.missing]}
+        info = {"source": "official", "folder": str(study.preset.fer.esr_weights),
+                "loaded": [p.name for p in report.loaded]}
         save_fer_stream(checkpoint, model, {"source": info})
         return model.eval(), info
     if checkpoint.is_file() and not retrain:

@@ -1,0 +1,118 @@
+"""Local ImageNet weights (issue 13, deliverable 5): one loader for every timm network that starts from ImageNet."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from emdlib.pretrained import create_timm_model, describe_weights, read_weights_file
+
+TINY = "test_resnet"  # timm's own tiny test network (has a classifier, so the head-dropping path is exercised)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _assert_loaded(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    assert own and set(own) <= set(source)
+    for k, v in own.items():
+        assert torch.equal(v, source[k]), k
+
+
+def test_safetensors_round_trips_into_the_emd_encoder(tmp_path):
+    from emdlib.models.emd import create_encoder
+
+    torch.manual_seed(5)
+    src = _state(timm.create_model("xception41", pretrained=False))  # with its 1000-class head, as timm ships it
+    path = tmp_path / "xception41.safetensors"
+    save_file(src, str(path))
+    encoder = create_encoder("xception41", pretrained=path)
+    _assert_loaded(encoder, src)  # every encoder tensor (head dropped: num_classes=0)
+    assert not any(k.startswith("head.fc") for k in encoder.state_dict())
+
+
+def test_timm_checkpoint_and_plain_pth(tmp_path):
+    torch.manual_seed(6)
+    src = _state(timm.create_model(TINY, pretrained=False))
+    ckpt = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 3, "arch": TINY, "state_dict": {f"module.{k}": v for k, v in src.items()}}, ckpt)
+    _assert_loaded(create_timm_model(TINY, ckpt, num_classes=0), src)
+    plain = tmp_path / f"{TINY}.pth"
+    torch.save(src, plain)
+    _assert_loaded(create_timm_model(TINY, plain), src)  # same number of classes: the head loads too
+    assert torch.equal(create_timm_model(TINY, tmp_path).get_classifier().weight, src["fc.weight"])  # folder lookup
+
+
+class _Payload:
+    ran = False
+
+    def __reduce__(self):
+        return (_Payload._run, ())
+
+    @staticmethod
+    def _run():
+        _Payload.ran = True
+        return "ran"
+
+
+def test_pth_with_a_pickle_payload_is_refused(tmp_path):
+    src = _state(timm.create_model(TINY, pretrained=False))
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": src, "extra": _Payload()}, path)
+    with pytest.raises(ValueError, match=r"evil\.pth: cannot be loaded with torch\.load\(weights_only=True\)"):
+        create_timm_model(TINY, path)
+    assert not _Payload.ran
+
+
+def test_missing_file_and_wrong_weights_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors: ImageNet weights file not found \(study "
+                                                r"parameter imagenet_weights\)"):
+        create_timm_model(TINY, tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match=rf"no ImageNet weights for timm model '{TINY}' in this folder "
+                                                rf"\(looked for {TINY}\.safetensors, {TINY}\.pth"):
+        create_timm_model(TINY, tmp_path)
+    other = tmp_path / "other.safetensors"
+    save_file(_state(timm.create_model("test_efficientnet", pretrained=False)), str(other))
+    with pytest.raises(ValueError, match=rf"other\.safetensors: does not hold ImageNet weights for timm model '{TINY}'"):
+        create_timm_model(TINY, other)
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match=r"list\.pth: expected a non-empty state dict, found list"):
+        read_weights_file(tmp_path / "list.pth")
+
+
+def test_offline_without_a_file_says_how_to_give_one(monkeypatch):
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise OSError("offline: cannot reach huggingface.co")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError) as e:
+        create_timm_model(TINY, True)
+    msg = str(e.value)
+    assert msg.startswith(f"ImageNet weights for timm model '{TINY}' could not be downloaded (OSError: offline")
+    assert f"`emd reproduce -p imagenet_weights /path/to/{TINY}.safetensors`" in msg and "pretrained=False" in msg
+
+
+def test_study_parameter_reaches_the_preset_and_the_run_record(tmp_path):
+    from emdlib.study import Study
+    from emdlib.study.experiments import SYSTEMS, initial_weights
+
+    path = tmp_path / "xception41.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    study = Study.open("tiny", tmp_path / "d", tmp_path / "r", imagenet_weights=path)
+    assert study.preset.emd.pretrained == str(path) and study.parameters()["imagenet_weights"] == str(path)
+    assert Study.open(**study.parameters()) == study
+    got = initial_weights(study.preset, SYSTEMS["EMD"])
+    assert got["source"] == "file" and got["model"] == "xception41" and got["file"] == str(path)
+    assert len(got["sha256"]) == 64
+    assert initial_weights(study.preset, SYSTEMS["MesoNet"]) == {"source": "random"}
+    tiny = Study.open("tiny", tmp_path / "d", tmp_path / "r")
+    assert tiny.parameters()["imagenet_weights"] is None
+    assert describe_weights(tiny.preset.emd.pretrained, "xception41") == {"source": "random"}
+    assert describe_weights(True, "xception65") == {"source": "timm", "model": "xception65"}
