@@ -280,6 +280,25 @@ def _checkpoint(value: str, option: str) -> None:
         raise UsageError(f"{option}: {_message(e)}") from None
 
 
+def _device(value: str, option: str) -> None:
+    """A torch device this machine has: ``cpu``, or ``cuda``/``cuda:N`` with a visible GPU, or ``mps``."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise UsageError(f"{option} {value}: not a device name (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {value}: no CUDA GPU is visible on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {value}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{option} {value}: Apple's MPS backend is not available here (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"{option} {value}: emd detect runs on cpu, cuda or mps")
+
+
 def _positive(value: Any, option: str) -> None:
     if value is not None and int(value) < 1:
         raise UsageError(f"{option} {value}: must be at least 1")
@@ -294,7 +313,7 @@ CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
     "prepare": [("root", _input_dir, "--root"), ("splits", _input_dir, "--splits"), ("cache", _output_dir, "--cache"),
                 ("workers", _positive, "--workers")],
     "detect": [("checkpoint", _checkpoint, "--checkpoint"), ("out", _output_dir, "--out"),
-               ("batch_size", _positive, "--batch-size")],
+               ("batch_size", _positive, "--batch-size"), ("device", _device, "--device")],
     "reproduce": [("notebooks", _input_dir, "--notebooks"), ("results", _output_dir, "--results"),
                   ("data_root", _output_dir, "--data-root")],
 }

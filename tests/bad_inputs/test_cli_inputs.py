@@ -245,6 +245,13 @@ PATH_CASES = {
                                 (d / "out").mkdir() or ["detect", str(d), "--checkpoint",
                                                         str(_meso(d / "m.safetensors")), "--out", str(d / "out")],
                                 "--out {d}/out: folder cannot be written (permission denied)"),
+    "detect --device tpu": (lambda d, m: ["detect", str(d), "--checkpoint", str(_meso(d / "m.safetensors")),
+                                          "--device", "tpu"],
+                            "--device tpu: not a device name (use cpu, cuda, cuda:N or mps)"),
+    "detect --device cuda without a GPU": (lambda d, m: m.setattr(torch.cuda, "is_available", lambda: False) or
+                                           ["detect", str(d), "--checkpoint", str(_meso(d / "m.safetensors")),
+                                            "--device", "cuda"],
+                                           "--device cuda: no CUDA GPU is visible on this machine (use --device cpu)"),
     "synth --out is a file": (lambda d, m: ["synth", "--out", str(_file(d))],
                               "--out {d}/taken: exists and is a file, not a folder"),
     "forge --faces missing": (lambda d, m: ["forge", "--faces", str(d / "nope"), "--out", str(d / "w")],
