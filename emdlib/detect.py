@@ -145,7 +145,9 @@ class MediaResult:
             what += f", {self.frames_total} frames, {self.frames_sampled} sampled"
         if self.faces == 0:
             line = f"{self.path}: {what}, no face found"
-            if self.frames_sampled > self.frames_skipped:
+            if self.warnings:  # e.g. a truncated image: the warning is the likelier reason, not the face size
+                line += " in what could be read"
+            elif self.frames_sampled > self.frames_skipped:
                 line += f" (faces narrower than ~{facelib.MIN_FACE_PX} px are not found at training scale)"
         else:
             line = (f"{self.path}: {what}, {self.faces} face{'s' * (self.faces != 1)}, "

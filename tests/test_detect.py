@@ -325,7 +325,7 @@ def test_frame_above_the_detection_limit_is_skipped_and_said(face_rgb, meso, tmp
     assert res.warnings == ["1 sampled frame not searched for faces: 512x512 is above 0 Mpixels, more than dlib can "
                             "search at training scale here (downscaling would change the crop; crop or downscale "
                             "the input yourself, keeping faces at least 40 px wide)"]
-    assert "no face found (warning: 1 sampled frame not searched" in res.summary()
+    assert "no face found in what could be read (warning: 1 sampled frame not searched" in res.summary()
 
 
 # -- the command ---------------------------------------------------------------------------------------------------

@@ -312,6 +312,16 @@ def test_exif_rotated_photo_is_read_upright(face, meso, tmp_path):
     assert res.ok and res.faces == 1 and "EXIF orientation 8" in res.decoder
 
 
+def test_truncated_image_without_a_face_does_not_blame_the_face_size(face, meso, tmp_path):
+    p = tmp_path / "cut.jpg"
+    Image.fromarray(face).save(p)
+    p.write_bytes(p.read_bytes()[:700])  # the header and a sliver of the first rows: no face left to find
+    res = detect_file(p, meso)
+    assert res.ok and res.faces == 0 and res.warnings
+    assert "no face found in what could be read (warning: image data cut short" in res.summary()
+    assert "narrower than" not in res.summary()
+
+
 @pytest.mark.parametrize("fmt", ["jpg", "png"])
 def test_truncated_image_is_flagged_in_warning_and_rows(fmt, face, meso, tmp_path, caplog):
     p = tmp_path / f"half.{fmt}"
