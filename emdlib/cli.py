@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from emdlib import __version__
+from emdlib.data.media import os_reason
 from emdlib.presets import PRESETS, get_preset
 
 log = logging.getLogger("emdlib")
@@ -234,10 +235,8 @@ def _input_dir(value: str, option: str) -> None:
     try:
         with os.scandir(path) as entries:
             next(entries, None)
-    except PermissionError:
-        raise UsageError(f"{option} {path}: folder cannot be read (permission denied)") from None
     except OSError as e:
-        raise UsageError(f"{option} {path}: folder cannot be read ({e.strerror or e})") from None
+        raise UsageError(f"{option} {path}: folder cannot be read ({os_reason(e, path)})") from None
 
 
 def _output_dir(value: str, option: str) -> None:
@@ -257,7 +256,7 @@ def _output_dir(value: str, option: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        why = "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e))
+        why = os_reason(e)
         if existing == path:
             raise UsageError(f"{option} {path}: folder cannot be written ({why})") from None
         raise UsageError(f"{option} {path}: cannot be created, {existing} cannot be written ({why})") from None
