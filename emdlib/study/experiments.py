@@ -328,11 +328,36 @@ def training_size_runs(study: Study, points: Sequence[int], seeds: Sequence[int]
                        system: str = "EMD") -> list[dict[str, Any]]:
     """Fig. 6's runs (§IV-E2): ``system`` on each cell trained on the first ``n`` pristine training videos (and their
     fakes; :meth:`~emdlib.data.datasets.ManipulationDataset.subset_videos`, nested per seed) for every ``n`` and
-    seed; finished runs are read back."""
+    seed; finished runs are read back.
+
+    The point at the whole training set is the cell's main run of that seed (notebook 02 trains it, and the FER
+    comparison's seeds, :func:`comparison_runs`): it is not trained a second time under another name. Its record is
+    returned with ``n_train_videos`` set to ``n`` (in memory only), so that it joins the curve.
+    """
+    full = _train_videos(study.preset)
     records = []
     for method, comp in cells:
         for n in points:
             for seed in seeds:
                 log.info("Fig. 6: %s on %s %s, %d training videos, seed %d", system, method, comp, n, seed)
-                records.append(run_cell(study, system, method, comp, seed=seed, n_train_videos=int(n)))
+                if int(n) >= full:
+                    records.append({**run_cell(study, system, method, comp, seed=seed), "n_train_videos": full})
+                else:
+                    records.append(run_cell(study, system, method, comp, seed=seed, n_train_videos=int(n)))
+    return records
+
+
+#: The paper's central comparison: EMD against the same network without the FER stream (the Table IV row).
+COMPARISON: tuple[str, str] = ("EMD", "XceptionNet (seg)")
+
+
+def comparison_runs(study: Study, seeds: Sequence[int] | None = None,
+                    systems: Sequence[str] = COMPARISON) -> list[dict[str, Any]]:
+    """EMD and the same network without FER on the expression cells (:func:`paper_cells`: F2F and NT at c23) for
+    every seed of ``seeds`` (default: the preset's ``emd.comparison_seeds``); finished runs are read back (seed 0 is
+    the main run of notebook 02). :func:`emdlib.stats.fer_effect_over_seeds` compares them."""
+    seeds = list(study.preset.emd.comparison_seeds if seeds is None else seeds)
+    records = []
+    for seed in seeds:
+        records += run_grid(study, systems, paper_cells(study.preset), seed=seed)
     return records
