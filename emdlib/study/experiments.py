@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,9 +28,12 @@ import torch
 from emdlib.data.datasets import ManipulationDataset
 from emdlib.io import read_json
 from emdlib.presets import Preset
-from emdlib.recipes import recipe_for
+from emdlib.recipes import Recipe, recipe_for
 from emdlib.study import Study
 from emdlib.study.records import RECORD, save_predictions, write_run_record
+
+if TYPE_CHECKING:
+    from emdlib.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
-    from emdlib.recipes import recipe_for
+    from emdlib.recipes import Recipe, recipe_for
 
     recipe = recipe_for(system.kind)
     kwargs: dict[str, Any] = ({"input_size": min(int(recipe.input_size.value), preset.emd.image_size)}
@@ -223,13 +226,14 @@ def _drop_training_state(run_dir: Path) -> None:
         (run_dir / f).unlink(missing_ok=True)
 
 
-def train_config(system: System, preset: Preset, seed: int = 0):
+def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
     """The :class:`emdlib.train.TrainConfig` ``system`` trains with under ``preset``.
 
     EMD and its variants: the preset's ``emd`` section as it is (``TrainConfig.from_preset``; for ``paper`` that is
-    §IV-B). Every other system: its recipe (:data:`emdlib.recipes.RECIPES`) — optimiser, learning rate, batch size —
-    with its epochs scaled by the preset's budget (:func:`emdlib.recipes.scale_epochs`); the preset's image size and
-    smoke-test batch cap (``emd.max_batches``) apply to every system. Raises ValueError for the SVM (no loop).
+    §IV-B). Every other system: its recipe (:data:`emdlib.recipes.RECIPES`) — optimiser, learning rate, batch
+    size — with its epochs scaled by the preset's budget (:func:`emdlib.recipes.scale_epochs`); the preset's image
+    size and smoke-test batch cap (``emd.max_batches``) apply to every system. Raises ValueError for the SVM (no
+    loop).
     """
     from emdlib.recipes import scale_epochs
     from emdlib.train import TrainConfig
@@ -254,7 +258,7 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
 
 
-def _run_svm(sets: dict, recipe):
+def _run_svm(sets: dict, recipe: Recipe):
     """Steg.Features + SVM: features of the uint8 face crops, linear SVM at the recipe's C; P(fake) =
     sigmoid(decision)."""
     from emdlib.baselines.steganalysis import shared_input_to_uint8, steg_svm_pipeline
