@@ -87,8 +87,6 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
-    from emdlib.recipes import Recipe, recipe_for
-
     recipe = recipe_for(system.kind)
     kwargs: dict[str, Any] = ({"input_size": min(int(recipe.input_size.value), preset.emd.image_size)}
                               if recipe.sized_input else {})
