@@ -13,6 +13,7 @@ Fig. 6 (:func:`training_size_plan`, :func:`training_size_runs`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -248,9 +249,9 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     from emdlib.train import fit, predict
 
     model, spec = build_system(study, system)
-    cfg = train_config(system, study.preset, seed)
+    cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device)
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
-    pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
+    pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed)
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
             "history": summary.get("history", [])}
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
