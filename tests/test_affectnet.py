@@ -125,13 +125,14 @@ def test_class_capped_indices_caps_each_class_and_draws_anew_per_seed():
 @pytest.fixture(scope="module")
 def mini_affectnet(shared, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("affectnet") / "mini"
-    counts = write_affectnet(out, shared / "data" / "ckplus48", shared / "data" / "london-faces" / "neutral")
+    counts = write_affectnet(out, shared / "data" / "ckplus48", shared / "data" / "london-faces" / "neutral",
+                             train_per_class=6, val_per_class=2)
     return out, counts
 
 
 def test_miniature_affectnet_round_trip(mini_affectnet, shared):
     out, counts = mini_affectnet
-    assert counts == {"train": {c: 12 for c in EXPRESSIONS}, "val": {c: 4 for c in EXPRESSIONS}}
+    assert counts == {"train": {c: 6 for c in EXPRESSIONS}, "val": {c: 2 for c in EXPRESSIONS}}
     layout = affectnet_layout(out)
     assert layout.training_csv == out / CSV_FOLDER / "training.csv" and layout.images == out / IMAGE_FOLDER
     parts = {}
@@ -177,30 +178,30 @@ def test_fer_stage_trains_both_streams_on_affectnet_with_the_grow_schedule(mini_
     root, _ = mini_affectnet
     preset = get_preset("tiny")
     fer = dataclasses.replace(preset.fer, branches=2, schedule="grow", first_epochs=1, branch_epochs=1,
-                              max_per_class=6, val_every=2, optimizer="sgd", lr=0.01)
+                              max_per_class=2, val_every=2, optimizer="sgd", lr=0.01)
     study = Study.open(dataclasses.replace(preset, fer=fer), tmp_path / "data", tmp_path / "results",
                        affectnet_root=root)
     streams = fer_stage.ensure_fer_streams(study)
     esr_info, simfer_info = streams["ESR"][1], streams["SimFER"][1]
     assert esr_info["source"] == simfer_info["source"] == "trained"
     assert [r["phase"] for r in esr_info["history"]] == ["branch 1/2", "branch 2/2"]
-    assert esr_info["n_train_per_phase"] == [48, 48]  # 6 of the 12 images per class, drawn anew for branch 2
-    assert simfer_info["n_train_per_phase"] == [48] and len(simfer_info["history"]) == 1  # first_epochs
-    assert esr_info["n_val"] == simfer_info["n_val"] == 32  # validation.csv
+    assert esr_info["n_train_per_phase"] == [16, 16]  # 2 of the 6 images per class, drawn anew for branch 2
+    assert simfer_info["n_train_per_phase"] == [16] and len(simfer_info["history"]) == 1  # first_epochs
+    assert esr_info["n_val"] == simfer_info["n_val"] == 16  # validation.csv
     assert not (study.paths.expressions).exists()  # the synth set was never rendered
 
     record = fer_stage.fer_stream_record(study, "ESR")
     ckpt = study.paths.checkpoints / "esr.safetensors"
     assert record["source"] == "trained" and record["checkpoint_sha256"] == sha256_file(ckpt)
-    assert record["data"] == {"name": "AffectNet", "root": str(root.resolve()), "kept": {"train": 96, "val": 32},
+    assert record["data"] == {"name": "AffectNet", "root": str(root.resolve()), "kept": {"train": 48, "val": 16},
                               "dropped": {"train": {}, "val": {}}}
     assert fer_stage.fer_stream_record(study, None) is None
     import pandas as pd
 
     line = fer_data_line(study, pd.DataFrame())
     assert line.startswith("ESR (trained here, checkpoint sha256 " + record["checkpoint_sha256"][:12])
-    assert line.endswith(f"on AffectNet at `{root.resolve()}` (training.csv: 96 rows kept, 0 dropped; "
-                         "validation.csv: 32 rows kept, 0 dropped)")
+    assert line.endswith(f"on AffectNet at `{root.resolve()}` (training.csv: 48 rows kept, 0 dropped; "
+                         "validation.csv: 16 rows kept, 0 dropped)")
 
     again = fer_stage.ensure_fer_streams(study)  # same data: both checkpoints reused
     assert again["ESR"][1]["source"] == again["SimFER"][1]["source"] == "checkpoint"
