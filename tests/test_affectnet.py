@@ -207,3 +207,18 @@ def test_fer_stage_trains_both_streams_on_affectnet_with_the_grow_schedule(mini_
     assert again["ESR"][1]["source"] == again["SimFER"][1]["source"] == "checkpoint"
     synth = Study.open(study.preset, tmp_path / "data", tmp_path / "results")  # same checkpoints, other data
     assert not fer_stage._reusable(synth, "ESR")
+
+
+def test_cli_forge_affectnet(mini_affectnet, shared, tmp_path, capsys):
+    import json
+
+    from emdlib import cli
+
+    args = ["--ckplus", str(shared / "data" / "ckplus48"), "--neutral", str(shared / "data" / "london-faces" / "neutral")]
+    assert cli.main(["forge-affectnet", str(tmp_path / "mini"), *args, "--train", "1", "--val", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"train": {c: 1 for c in EXPRESSIONS},
+                                                   "val": {c: 1 for c in EXPRESSIONS}}
+    assert cli.main(["forge-affectnet", str(mini_affectnet[0]), *args]) == 2  # exists and is not empty
+    assert cli.main(["forge-affectnet", str(tmp_path / "other"), "--ckplus", str(tmp_path / "nope"),
+                     "--neutral", str(tmp_path)]) == 2
+    assert not (tmp_path / "other").exists()
