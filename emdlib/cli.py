@@ -109,6 +109,24 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok_frames", 0) > 0 else 1
 
 
+def settings_options(args: argparse.Namespace) -> dict[str, object]:
+    """The typed preset settings of ``--config FILE`` then ``--set KEY=VALUE`` (a ``--set`` wins over the file)."""
+    from emdlib.presets import parse_set_options, read_settings_file
+
+    settings: dict[str, object] = dict(read_settings_file(args.config)) if args.config else {}
+    settings.update(parse_set_options(args.set or []))
+    return settings
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change one preset value, typed by its declaration: --set emd.epochs=1 --set "
+                        "emd.cells='[[\"Face2Face\", \"c23\"]]' (keys: SECTION.FIELD of emdlib.presets; unknown keys "
+                        "and values of the wrong type are refused before anything runs)")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file of preset values, e.g. 'emd: {epochs: 1}' "
+                                                    "(--set wins over it)")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from emdlib.reproduce import reproduce
 
@@ -117,9 +135,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if name in raw:
             raise UsageError(f"-p {name} is given twice ({raw[name]!r} and {value!r})")
         raw[name] = value
-    # parameter names and values are checked against the notebooks' declarations before the first one runs
+    # parameter names and values, and the settings, are checked before the first notebook runs
     timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only,
-                        notebook_dir=args.notebooks, raw_parameters=raw, log_output=args.verbose)
+                        notebook_dir=args.notebooks, raw_parameters=raw, settings=settings_options(args),
+                        log_output=args.verbose)
     for name, seconds in timings.items():
         sys.stdout.write(f"{name}: {seconds:.1f} s\n")
     return 0
@@ -233,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameter, e.g. -p ffpp_root /data/FaceForensics -p seeds '[0, 1]'. Only names "
                         "declared in the parameters cell of the notebooks being run are accepted; VALUE is read as "
                         "the declared type (str values as given, so a folder named 2024 stays a string)")
+    _add_settings(p)
     _add_preset(p)
     p.set_defaults(func=_cmd_reproduce)
     parser.description = "\n\n".join(__doc__.split("\n\n")[:2])  # the rest is for readers of the code
