@@ -54,6 +54,10 @@ class PrepareConfig:
     workers: int = 2
 
 
+#: FER training schedules (:class:`FERConfig`, :mod:`emdlib.train_fer`).
+FER_SCHEDULES: tuple[str, ...] = ("joint", "grow")
+
+
 @dataclass(frozen=True)
 class FERConfig:
     """FER stream (paper §III-C): ESR with B branches and SimFER, trained on the expression set (Eq. 1) — AffectNet
@@ -80,6 +84,15 @@ class FERConfig:
     val_every: int = 1
     max_per_class: int | None = None
     workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in FER_SCHEDULES:
+            raise ValueError(f"fer.schedule {self.schedule!r}: choose one of {FER_SCHEDULES}")
+        for name in ("branches", "epochs", "first_epochs", "branch_epochs", "val_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fer.{name} {getattr(self, name)}: must be at least 1")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"fer.max_per_class {self.max_per_class}: must be at least 1, or null for all images")
 
 
 @dataclass(frozen=True)

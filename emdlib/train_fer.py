@@ -47,12 +47,12 @@ from tqdm.asyncio import tqdm
 
 from emdlib.data.expressions import EXPRESSIONS
 from emdlib.models.esr import ESR, FERStream, ensemble_vote_from_logits
-from emdlib.presets import FERConfig
+from emdlib.presets import FER_SCHEDULES, FERConfig
 from emdlib.registry import save_fer_stream
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("joint", "grow")
+SCHEDULES = FER_SCHEDULES
 
 
 @dataclass(frozen=True)
