@@ -298,6 +298,7 @@ def describe_fer_streams(entries: Sequence[dict[str, Any] | None]) -> str:
     parts = []
     for (name, root, counts), who in seen.items():
         where = f" at `{root}`" if root and name != OFFICIAL_DATA["name"] else ""
+        name = f"the {name}" if name == SYNTH_SET else name
         parts.append(f"{' and '.join(who)} on {name}{where}{f' ({counts})' if counts else ''}")
     return "; ".join(parts)
 
