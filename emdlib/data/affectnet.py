@@ -124,8 +124,7 @@ def _pick_ckplus(ckplus: Path, train_per_class: int, val_per_class: int, seed: i
     for label in sorted(per_class, key=lambda c: (len(per_class[c]), c)):
         subjects = sorted(per_class[label], key=rank.__getitem__)
         for part, n in (("val", val_per_class), ("train", train_per_class)):
-            free = [s for s in subjects if role.get(s, part) == part and (per_class[label][s], label)
-                    not in picked[part]][:n]
+            free = [s for s in subjects if role.get(s, part) == part][:n]  # unused, or already in this split
             if len(free) < n:
                 log.warning("%s: only %d subjects of class %s free for %s (wanted %d)", ckplus, len(free),
                             EXPRESSIONS[label], part, n)

@@ -247,7 +247,7 @@ def _reusable(study: Study, kind: str) -> bool:
         return False
     try:
         meta = load_meta(checkpoint)
-    except Exception:  # an unreadable checkpoint is trained again; ensure_fer_stream reports why
+    except (OSError, ValueError):  # unreadable: ensure_fer_stream loads it and raises the error that names it
         return False
     return meta.get("model") == fer_spec(study, kind) and _same_data(meta.get("data"), study, _wanted_data(study))
 
