@@ -177,6 +177,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     else:
         pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
     from emdlib.metrics import evaluate
+    from emdlib.study.fer import fer_stream_record
 
     metrics = evaluate(pred)
     save_predictions(paths.runs / name, pred)
@@ -189,6 +190,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
                      extra={"system": system, "method": method, "compression": compression,
                             "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
                             "initial_weights": initial_weights(study.preset, spec), "recipe": recipe.summary(),
+                            "fer_stream": fer_stream_record(study, spec.fer),
                             "history": train_info.get("history", [])},
                      preset=study.name)
     _drop_training_state(paths.run_checkpoints / name)
