@@ -17,6 +17,7 @@ import pandas as pd
 
 from emdlib import paper
 from emdlib.deviations import deviations_markdown
+from emdlib.recipes import recipes_markdown
 from emdlib.io import read_json, write_text
 from emdlib.presets import METHODS, Preset
 from emdlib.stats import OURS, chance_levels, fer_effect, fer_effect_over_seeds
@@ -74,6 +75,17 @@ def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
         cannot += "; this preset also departs from the paper's model size or initialisation"
     lines.append(f"**Can show:** {can}. **Cannot show:** {cannot}.")
     return lines
+
+
+def manipulation_data_line(study: Study) -> str:
+    """Where the manipulation data of the numbers came from, as one sentence: the user's FaceForensics++ root and
+    split folder (``paper``), the face photos forged from (``faces``) or the rendered synth world."""
+    paths, world = study.paths, study.preset.data.world
+    if world == "ffpp":
+        return f"FaceForensics++ at `{paths.world}` (splits `{paths.splits}`)"
+    if world == "faces":
+        return f"manipulations forged by `emdlib.data.forge` from the face photos in `{paths.faces}` (`{paths.world}`)"
+    return f"the synthetic world rendered by `emdlib.data.synth` (`{paths.world}`)"
 
 
 def fer_data_line(study: Study, runs: pd.DataFrame) -> str:
@@ -166,7 +178,8 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
     if preset.note:
         out += [f"> {preset.note}", ""]
     out += [f"* {line}" for line in preset_scope(preset, runs)]
-    out += [f"* **FER data:** {fer_data_line(study, runs)}.", ""]
+    out += [f"* **Manipulation data:** {manipulation_data_line(study)}.",
+            f"* **FER data:** {fer_data_line(study, runs)}.", ""]
     chance = chance_levels(paths.runs, runs)
     if len(chance):
         out += ["What trivial predictors score on the same test sets (`emdlib.stats.chance_levels`): always the "
@@ -221,6 +234,9 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
         out += ["No `timings.json` (written by `emd reproduce`).", ""]
 
     out += ["## Deviations from the paper", "", deviations_markdown(), ""]
+    out += ["## Training recipes", "",
+            "What each system trains with, from its original paper or code (`emdlib.recipes`); this preset scales "
+            "the epochs (and the data), never the rest.", "", recipes_markdown(), ""]
 
     out += ["## Provenance", "",
             "Every run record behind the numbers above (full records: `runs/<run>/metrics.json`).", ""]
