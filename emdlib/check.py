@@ -162,8 +162,8 @@ def check_ffpp(root: str | os.PathLike, splits_dir: str | os.PathLike, methods: 
         if got != tuple(expected_pairs):
             findings.append(Finding(
                 WARNING, "splits", f"the split files hold {'/'.join(map(str, got))} train/val/test pairs; the "
-                f"protocol uses {'/'.join(map(str, expected_pairs))} (the official FF++ splits)", splits_dir,
-                "use the official split files unless a smaller study is intended"))
+                f"preset expects {'/'.join(map(str, expected_pairs))}", splits_dir,
+                "use the official split files (360/70/70 pairs) unless a smaller study is intended"))
     if not root.is_dir():
         return findings, splits
     ffpp = FFPP(root, splits_dir)
