@@ -293,7 +293,7 @@ def check_fer_data(study: Study) -> list[Finding]:
     train on the synthetic expression set instead of the paper's AffectNet)."""
     findings: list[Finding] = []
     esr = study.preset.fer.esr_weights
-    affectnet = getattr(study.paths, "affectnet", None)
+    affectnet = study.paths.affectnet
     if esr:
         findings += check_esr_weights(esr)
     if affectnet is not None:

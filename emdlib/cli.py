@@ -110,13 +110,32 @@ def _raw_parameters(pairs: Sequence[Sequence[str]] | None) -> dict[str, str]:
     return raw
 
 
+def settings_options(args: argparse.Namespace) -> dict[str, object]:
+    """The typed preset settings of ``--config FILE`` then ``--set KEY=VALUE`` (a ``--set`` wins over the file)."""
+    from emdlib.presets import parse_set_options, read_settings_file
+
+    settings: dict[str, object] = dict(read_settings_file(args.config)) if args.config else {}
+    settings.update(parse_set_options(args.set or []))
+    return settings
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change one preset value, typed by its declaration: --set emd.epochs=1 --set "
+                        "emd.cells='[[\"Face2Face\", \"c23\"]]' (keys: SECTION.FIELD of emdlib.presets; unknown keys "
+                        "and values of the wrong type are refused before anything runs)")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file of preset values, e.g. 'emd: {epochs: 1}' "
+                                                    "(--set wins over it)")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from emdlib.reproduce import reproduce
 
     raw = _raw_parameters(args.param)
-    # parameter names and values are checked against the notebooks' declarations before the first one runs
+    # parameter names and values, and the settings, are checked before the first notebook runs
     timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only,
-                        notebook_dir=args.notebooks, raw_parameters=raw, log_output=args.verbose)
+                        notebook_dir=args.notebooks, raw_parameters=raw, settings=settings_options(args),
+                        log_output=args.verbose)
     for name, seconds in timings.items():
         sys.stdout.write(f"{name}: {seconds:.1f} s\n")
     return 0
@@ -125,13 +144,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     """``emd check``: the study ``emd reproduce`` would open with the same options, checked (:mod:`emdlib.check`)."""
     from emdlib.check import check_study, errors, format_findings
-    from emdlib.reproduce import resolve_parameters, select_notebooks
-    from emdlib.study import STUDY_OVERRIDES, Study
+    from emdlib.reproduce import open_study, select_notebooks
 
-    # -p is typed by the notebooks' declarations, as for reproduce; only the study parameters matter here
-    given = resolve_parameters(select_notebooks(None), _raw_parameters(args.param))
-    overrides = {k: v for per_notebook in given.values() for k, v in per_notebook.items() if k in STUDY_OVERRIDES}
-    study = Study.open(args.preset, args.data_root, args.results, **overrides)
+    # -p is typed by every notebook's declarations and relative paths are taken here, as for reproduce
+    study, _ = open_study(args.preset, args.data_root, args.results, select_notebooks(None),
+                          _raw_parameters(args.param), settings=settings_options(args))
     findings = check_study(study, decode=not args.no_decode)
     sys.stdout.write(f"emd check --preset {study.name}: FF++ {study.paths.world}, splits {study.paths.splits}\n")
     sys.stdout.write(format_findings(findings) + "\n")
@@ -247,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameter, e.g. -p ffpp_root /data/FaceForensics -p seeds '[0, 1]'. Only names "
                         "declared in the parameters cell of the notebooks being run are accepted; VALUE is read as "
                         "the declared type (str values as given, so a folder named 2024 stays a string)")
+    _add_settings(p)
     _add_preset(p)
     p.set_defaults(func=_cmd_reproduce)
 
@@ -260,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study parameter, as for emd reproduce: -p ffpp_root DIR, -p splits_dir DIR, "
                         "-p affectnet_root DIR, -p esr_weights DIR, -p imagenet_weights PATH, ...")
     p.add_argument("--no-decode", action="store_true", help="do not decode a sample video of each folder")
+    _add_settings(p)
     _add_preset(p, default="paper")
     p.set_defaults(func=_cmd_check)
     parser.description = "\n\n".join(__doc__.split("\n\n")[:2])  # the rest is for readers of the code

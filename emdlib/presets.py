@@ -15,7 +15,13 @@ design. Each numbered notebook takes ``preset`` in its ``parameters`` cell and r
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import os
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 METHODS: tuple[str, ...] = ("Deepfakes", "Face2Face", "NeuralTextures")
@@ -75,6 +81,9 @@ class EMDConfig:
     curve_points: int | None = None  # Fig. 6: number of training-set sizes (None: emdlib.study.experiments default)
     curve_cells: int = 2  # Fig. 6: panels (F2F, then NT or DF), as the paper
     cells: tuple[tuple[str, str], ...] = (("Face2Face", "c23"),)
+    # seeds of EMD and of the same network without FER on the expression cells (F2F, NT at c23): the paper's central
+    # comparison, repeated so that its conclusion is not one seed's (notebook 02; emdlib.stats.fer_effect_over_seeds)
+    comparison_seeds: tuple[int, ...] = (0,)
     # BatchNorm momentum of MesoNet (PyTorch convention; None = Keras' 0.99, i.e. 0.01): short runs need a shorter
     # running average, or evaluation uses statistics that have barely moved from their initial values
     baseline_bn_momentum: float | None = None
@@ -108,11 +117,12 @@ PRESETS: dict[str, Preset] = {
         data=DataConfig(pairs=(10, 5, 5), frames_per_clip=24, frame_size=128, expression_images_per_class=100),
         prepare=PrepareConfig(train_frames=8, eval_frames=4, crop_size=64),
         fer=FERConfig(branches=3, epochs=6, optimizer="adam", lr=1e-3),
-        emd=EMDConfig(image_size=64, warmup_epochs=1, epochs=6, batch_size=16, cells=_C23_CELLS, curve_points=3,
-                      curve_cells=1, baseline_bn_momentum=0.1),
-        note="Synthetic data on a 2-core CPU: 40 identities, 64-px faces, the three c23 cells, a few epochs from "
-        "scratch (no ImageNet weights offline). Large enough that models learn; far too small and too easy to "
-        "compare with the paper's FF++ numbers, which are listed beside ours only for orientation.",
+        emd=EMDConfig(image_size=64, warmup_epochs=1, epochs=6, batch_size=16, cells=_ALL_CELLS, curve_points=3,
+                      curve_cells=1, baseline_bn_momentum=0.1, comparison_seeds=(0, 1, 2)),
+        note="Synthetic data on a 2-core CPU: 40 identities, 64-px faces, all six cells (c23 and c40), a few epochs "
+        "from scratch (no ImageNet weights offline); EMD against the same network without FER over three seeds on "
+        "the expression cells. Large enough that models learn; far too small and too easy to compare with the "
+        "paper's FF++ numbers, which are listed beside ours only for orientation.",
     ),
     "faces": Preset(
         name="faces",
@@ -141,3 +151,126 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
+
+
+# ------------------------------------------------------------------------------------------- typed overrides
+
+#: The sections of a preset that ``--set SECTION.FIELD=VALUE`` may change (``name`` and ``note`` are not settings).
+SECTIONS: tuple[str, ...] = ("data", "prepare", "fer", "emd")
+
+
+class SettingError(ValueError):
+    """A ``--set KEY=VALUE`` (or config-file entry) with an unknown key or a value of the wrong type."""
+
+
+def setting_keys() -> list[str]:
+    """Every key ``--set`` accepts, e.g. ``emd.epochs`` (``SECTION.FIELD`` of :data:`SECTIONS`)."""
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s))]
+
+
+def _section_type(section: str) -> type:
+    return typing.get_type_hints(Preset)[section]
+
+
+def _field_type(key: str) -> Any:
+    """The declared type of ``SECTION.FIELD``; SettingError naming the key (and the nearest known ones) if unknown."""
+    section, _, name = key.partition(".")
+    hints = typing.get_type_hints(_section_type(section)) if section in SECTIONS else {}
+    if name not in hints or "." in name:
+        near = difflib.get_close_matches(key, setting_keys(), n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else f"; known keys: {', '.join(setting_keys())}"
+        raise SettingError(f"unknown setting {key!r}{hint}")
+    return hints[name]
+
+
+def parse_setting(key: str, value: Any) -> Any:
+    """``value`` as the type of setting ``key`` declares (pydantic validates it against the dataclass annotation).
+
+    Text (from the command line) is read as JSON first, strictly (``1`` is an int, ``1e-3`` a float, ``true`` a
+    bool, ``[["Face2Face", "c23"]]`` a list, ``null`` None) and, when that does not fit the declared type but the
+    type admits a string, taken as the string it is — so a folder named ``2024`` given to ``fer.esr_weights`` stays
+    ``"2024"``, while ``emd.epochs=2024`` is the integer. Other values (from a config file or Python) are checked
+    the same way after a JSON round trip. Lists become tuples where the field is a tuple. Raises
+    :class:`SettingError` naming the key, the value and the declared type.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    declared = _field_type(key)
+    adapter = TypeAdapter(declared)
+    text = value if isinstance(value, str) else json.dumps(value)
+    try:
+        return adapter.validate_json(text, strict=True)
+    except (ValidationError, ValueError):
+        pass
+    # a string-typed setting given something that reads as a number (a YAML `esr_weights: 2024`): its text
+    as_text = value if isinstance(value, str) else str(value) if type(value) in (int, float) else None
+    try:
+        if as_text is not None:
+            return adapter.validate_python(as_text, strict=True)
+    except ValidationError:
+        pass
+    shown = declared.__name__ if isinstance(declared, type) else str(declared).replace("typing.", "")
+    raise SettingError(f"--set {key}={text}: {key} is declared {shown}; {text!r} is not one")
+
+
+def override_preset(preset: "Preset", settings: Mapping[str, Any]) -> "Preset":
+    """``preset`` with ``settings`` (``{"emd.epochs": 1, ...}``, values typed by :func:`parse_setting`) applied.
+
+    The preset keeps its name (its folders); every run record stores the effective configuration, so runs made
+    under other settings are never mistaken for the preset's own (``emdlib.study.experiments.why_not_reusable``).
+    Raises :class:`SettingError` for an unknown key or a value of the wrong type.
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        changes.setdefault(section, {})[name] = parse_setting(key, value)
+    return dataclasses.replace(preset, **{s: dataclasses.replace(getattr(preset, s), **c) for s, c in changes.items()})
+
+
+def parse_set_options(options: Iterable[str]) -> dict[str, str]:
+    """``["emd.epochs=1", ...]`` (repeated ``--set``) → ``{"emd.epochs": "1"}``; SettingError for a malformed or
+    repeated option or an unknown key (values are typed later, by :func:`parse_setting`)."""
+    out: dict[str, str] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SettingError(f"--set {option}: expected KEY=VALUE, e.g. --set emd.epochs=1")
+        if key in out:
+            raise SettingError(f"--set {key} is given twice ({out[key]!r} and {value!r})")
+        _field_type(key)
+        out[key] = value
+    return out
+
+
+def read_settings_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a YAML or JSON file: nested (``emd: {epochs: 1}``) or dotted (``emd.epochs: 1``) keys.
+
+    Raises FileNotFoundError, or SettingError naming the file for a file that is not a mapping of sections to
+    settings (values are typed later, by :func:`parse_setting`).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: settings file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SettingError(f"{path}: not a YAML or JSON file ({' '.join(str(e).split())})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingError(f"{path}: expected a mapping such as 'emd: {{epochs: 1}}', got a {type(loaded).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[str(key)] = value
+    try:
+        for key in flat:
+            _field_type(key)
+    except SettingError as e:
+        raise SettingError(f"{path}: {e}") from None
+    return flat

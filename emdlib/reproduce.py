@@ -25,6 +25,7 @@ message, and the path of the partly executed copy.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import keyword
 import shlex
@@ -37,7 +38,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from emdlib.io import read_json, write_json
-from emdlib.study import STUDY_OVERRIDES, Study, ensure_stages
+from emdlib.presets import parse_setting
+from emdlib.study import PATH_SETTINGS, STUDY_OVERRIDES, STUDY_PATHS, Study, ensure_stages
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +361,37 @@ def _one_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def open_study(
+    preset: str,
+    data_root: str | Path,
+    results_root: str | Path,
+    selected: Sequence[Path],
+    raw_parameters: Mapping[str, str] | None = None,
+    extra_parameters: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[Study, dict[str, dict[str, Any]]]:
+    """The study that ``emd reproduce`` runs with these options, and the extra parameters of each ``selected``
+    notebook (:func:`resolve_parameters`). Those named in :data:`emdlib.study.STUDY_OVERRIDES` open the study;
+    relative paths among them (and in path ``settings``), and ``data_root`` / ``results_root``, are taken in the
+    directory this runs in. Raises :class:`ParameterError` as :func:`resolve_parameters`, and for settings given
+    both with ``-p settings`` and ``settings``."""
+    extras = resolve_parameters(selected, raw_parameters, extra_parameters)
+    overrides = {k: v for given in extras.values() for k, v in given.items() if k in STUDY_OVERRIDES}
+    if settings:
+        if overrides.get("settings"):
+            raise ParameterError("settings are given twice: with -p settings and with --set/--config; use one")
+        overrides["settings"] = dict(settings)
+    for key, value in (overrides.get("settings") or {}).items():  # a relative weights path given to --set
+        if key in PATH_SETTINGS and isinstance(typed := parse_setting(key, value), str):
+            overrides["settings"][key] = str(Path(typed).expanduser().absolute())
+    for name in STUDY_PATHS:  # relative paths are the caller's, not the repository's (Study.open's default)
+        if overrides.get(name) is not None:
+            overrides[name] = str(Path(overrides[name]).expanduser().absolute())
+    study = Study.open(preset, Path(data_root).expanduser().absolute(), Path(results_root).expanduser().absolute(),
+                       **overrides)
+    return study, extras
+
+
 def reproduce(
     preset: str,
     data_root: str | Path = "data",
@@ -367,6 +400,7 @@ def reproduce(
     notebook_dir: str | Path | None = None,
     extra_parameters: Mapping[str, Any] | None = None,
     raw_parameters: Mapping[str, str] | None = None,
+    settings: Mapping[str, Any] | None = None,
     log_output: bool = False,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -376,18 +410,19 @@ def reproduce(
     ``notebook_dir`` defaults to :data:`NOTEBOOK_DIR` (the repository's ``notebooks/``). ``raw_parameters`` (text,
     typed by each notebook's declarations) and ``extra_parameters`` (Python values, checked against them) go to the
     notebooks that declare them; both are validated before the first notebook starts (:func:`resolve_parameters`,
-    :class:`ParameterError`). Those named in :data:`emdlib.study.STUDY_OVERRIDES` also open the study. Progress: one
-    log line per notebook, a per-cell progress bar (``progress``, on a terminal) and, with ``log_output``, the cells'
-    printed output in the log.
+    :class:`ParameterError`). Those named in :data:`emdlib.study.STUDY_OVERRIDES` also open the study; relative paths
+    among them, and ``data_root`` / ``results_root``, are taken in the directory this runs in. ``settings``: typed
+    preset values (``{"emd.epochs": "1"}`` from ``--set``/``--config``; :func:`emdlib.presets.parse_setting`),
+    checked before anything runs and passed to every notebook as its ``settings`` parameter. Progress: one log line
+    per notebook, a per-cell progress bar (``progress``, on a terminal), the study's own progress lines (which
+    cell, which run, each epoch: :class:`ProgressLines`) and, with ``log_output``, all of the cells' printed output.
 
     Raises :class:`NotebookError` (one-line message; the partly executed copy is kept) when a notebook fails.
     """
     import papermill as pm
 
     selected = select_notebooks(only, NOTEBOOK_DIR if notebook_dir is None else notebook_dir)
-    extras = resolve_parameters(selected, raw_parameters, extra_parameters)
-    overrides = {k: v for given in extras.values() for k, v in given.items() if k in STUDY_OVERRIDES}
-    study = Study.open(preset, data_root, results_root, **overrides)
+    study, extras = open_study(preset, data_root, results_root, selected, raw_parameters, extra_parameters, settings)
     out_dir = study.paths.results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     base = study.parameters()
@@ -422,6 +457,40 @@ def failed_copy(out: Path) -> Path:
     return out.with_name(f"{out.stem}.failed{out.suffix}")
 
 
+class ProgressLines(io.TextIOBase):
+    """A text stream for papermill's ``stderr_file``: the notebook's own log lines (the format the notebooks give
+    :func:`logging.basicConfig`, ``LEVEL emdlib.module: message``) are passed on to this module's logger as
+    ``NN_name: message`` while the notebook runs — which cell or run is training, each epoch, warnings — so that
+    ``emd reproduce`` shows where a long notebook is. Other output (progress bars, tracebacks) is left to the executed
+    copy."""
+
+    LINE = re.compile(r"^(?P<level>INFO|WARNING|ERROR|CRITICAL) (?P<name>emdlib[\w.]*): (?P<message>.*)$")
+
+    def __init__(self, notebook: str) -> None:
+        super().__init__()
+        self.notebook, self._partial = notebook, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._forward(line.rsplit("\r", 1)[-1])
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._forward(self._partial.rsplit("\r", 1)[-1])
+            self._partial = ""
+
+    def _forward(self, line: str) -> None:
+        m = self.LINE.match(_strip_ansi(line).strip())
+        if m:
+            log.log(logging.getLevelName(m["level"]), "  %s: %s", self.notebook, m["message"])
+
+
 def _execute(pm: Any, nb: Path, out: Path, params: dict[str, Any], log_output: bool, progress: bool) -> None:
     """One notebook through papermill into ``out``; any failure becomes a :class:`NotebookError` (traceback in the
     copy). papermill writes as it goes, so it writes to a temporary name: a notebook that finishes replaces ``out``
@@ -431,7 +500,7 @@ def _execute(pm: Any, nb: Path, out: Path, params: dict[str, Any], log_output: b
     failed = failed_copy(out)
     try:
         pm.execute_notebook(str(nb), str(running), parameters=params, cwd=str(nb.parent), progress_bar=bar,
-                            log_output=log_output)
+                            log_output=log_output, stderr_file=None if log_output else ProgressLines(nb.name))
     except pm.PapermillExecutionError as e:
         _keep(running, failed)
         cell, cells, first = _source_cell(failed, e.cell_index)

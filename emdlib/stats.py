@@ -3,6 +3,8 @@
 * :func:`t_interval` — Student-t confidence interval of a mean over seeds (Fig. 6's bands).
 * :func:`fer_effect` — "does the FER stream help?": EMD minus EMD-without-FER ("XceptionNet (seg)") per cell, with
   a paired percentile bootstrap over test videos from the stored predictions (§IV-E1).
+* :func:`fer_effect_over_seeds` — the same comparison over several seeds (each system trained once per seed), with
+  a two-level bootstrap over seeds and test videos: the conclusion the cpu study states (issue 13).
 * :func:`chance_levels` — what trivial predictors (majority class, empty mask) score on each cell's test set.
 
 Everything reads stored predictions (:mod:`emdlib.study.records`); nothing trains.
@@ -88,16 +90,11 @@ def fer_effect(study: Study, cells: Iterable[Sequence[str]], n_boot: int = 1000,
         names = (run_name(with_fer, method, comp, run_seed), run_name(without_fer, method, comp, run_seed))
         base = {"method": method, "compression": comp, "runs": ";".join(names), "n_boot": n_boot}
         try:
-            frames = [_image_frame(load_predictions(study.paths.runs, n)) for n in names]
+            per_video = _per_video(study, names)
         except FileNotFoundError as e:
             log.info("FER effect on %s %s: %s", method, comp, e)
             rows += [{**base, "metric": m, "status": NOT_RUN} for m in ("accuracy", "pixel_accuracy")]
             continue
-        df = _paired(*frames, names)
-        g = df.groupby(["method", "compression", "video"], sort=True)
-        per_video = pd.DataFrame({"n": g.size(), "acc_a": g["correct"].sum(), "acc_b": g["correct_b"].sum(),
-                                  "pix_a": g["pixel_accuracy"].sum(min_count=1),
-                                  "pix_b": g["pixel_accuracy_b"].sum(min_count=1)})
         idx = rng.integers(0, len(per_video), size=(n_boot, len(per_video)))
         n = per_video["n"].to_numpy(float)
         for metric, (ca, cb) in (("accuracy", ("acc_a", "acc_b")), ("pixel_accuracy", ("pix_a", "pix_b"))):
@@ -115,6 +112,81 @@ def fer_effect(study: Study, cells: Iterable[Sequence[str]], n_boot: int = 1000,
             "n_images", "n_boot", "status", "runs"]
     out = pd.DataFrame(rows).reindex(columns=cols)
     out.attrs.update(with_fer=with_fer, without_fer=without_fer)
+    return out
+
+
+def _per_video(study: Study, names: tuple[str, str]) -> pd.DataFrame:
+    """Paired test predictions of two runs summed per test video: ``n`` images, correct frames and summed pixel
+    accuracy of each (``acc_a``/``acc_b``, ``pix_a``/``pix_b``), indexed by (method, compression, video)."""
+    frames = [_image_frame(load_predictions(study.paths.runs, n)) for n in names]
+    df = _paired(*frames, names)
+    g = df.groupby(["method", "compression", "video"], sort=True)
+    return pd.DataFrame({"n": g.size(), "acc_a": g["correct"].sum(), "acc_b": g["correct_b"].sum(),
+                         "pix_a": g["pixel_accuracy"].sum(min_count=1), "pix_b": g["pixel_accuracy_b"].sum(min_count=1)})
+
+
+def fer_effect_over_seeds(study: Study, cells: Iterable[Sequence[str]], seeds: Sequence[int], n_boot: int = 2000,
+                          seed: int = 0, with_fer: str = "EMD", without_fer: str = "XceptionNet (seg)",
+                          level: float = 0.95) -> pd.DataFrame:
+    """EMD − EMD-without-FER per cell over the runs of several ``seeds``, in percentage points, with an interval.
+
+    Each seed trained both systems once (``emdlib.study.experiments.comparison_runs``); their test predictions are
+    paired image by image per seed. The point estimate is the mean over seeds of each seed's difference (frame
+    accuracy, Tables II/III; pixel accuracy, Table IV). The ``level`` interval is a two-level percentile bootstrap:
+    each of ``n_boot`` resamples draws the seeds with replacement **and** the test videos with replacement (the
+    same videos for every seed: the test set is shared), and averages the drawn seeds' pooled differences — so it
+    covers both the training randomness a re-run on another machine meets and the finite test set. With one seed
+    it reduces to :func:`fer_effect`'s bootstrap over videos.
+
+    One row per cell × metric: ``with_fer`` / ``without_fer`` (means over seeds), ``diff``, ``ci_low``, ``ci_high``,
+    ``per_seed_diff`` (list), ``seeds_better`` (seeds where FER helped), ``n_seeds``, ``seeds``, ``n_videos``,
+    ``n_images``, ``n_boot``, ``status`` ("ours"; "not run" when no seed has both runs). Seeds with a run or its
+    predictions missing are left out (``seeds`` lists those used).
+    """
+    from emdlib.study.experiments import run_name
+
+    rng = np.random.default_rng(seed)
+    tail = 100 * (1 - level) / 2
+    rows = []
+    for method, comp in cells:
+        base = {"method": method, "compression": comp, "n_boot": n_boot}
+        used, tables_ = [], []
+        for s in seeds:
+            names = (run_name(with_fer, method, comp, s), run_name(without_fer, method, comp, s))
+            try:
+                tables_.append(_per_video(study, names))
+                used.append(int(s))
+            except FileNotFoundError as e:
+                log.info("FER comparison on %s %s, seed %s: %s", method, comp, s, e)
+        if not used:
+            rows += [{**base, "metric": m, "n_seeds": 0, "seeds": [], "status": NOT_RUN}
+                     for m in ("accuracy", "pixel_accuracy")]
+            continue
+        index = tables_[0].index
+        if any(not t.index.equals(index) for t in tables_[1:]):
+            raise ValueError(f"{method} {comp}: the seeds' runs were tested on different videos")
+        n = tables_[0]["n"].to_numpy(float)
+        idx_v = rng.integers(0, len(n), size=(n_boot, len(n)))
+        idx_s = rng.integers(0, len(used), size=(n_boot, len(used)))
+        for metric, (ca, cb) in (("accuracy", ("acc_a", "acc_b")), ("pixel_accuracy", ("pix_a", "pix_b"))):
+            a = np.stack([t[ca].to_numpy(float) for t in tables_])  # (seeds, videos)
+            b = np.stack([t[cb].to_numpy(float) for t in tables_])
+            row = {**base, "metric": metric, "n_seeds": len(used), "seeds": used, "n_videos": len(n),
+                   "n_images": int(n.sum()), "status": OURS}
+            if np.isnan(a).any() or np.isnan(b).any():
+                rows.append({**row, "status": "n/a (no masks predicted)"})
+                continue
+            va, vb = 100 * a.sum(1) / n.sum(), 100 * b.sum(1) / n.sum()  # per seed
+            per_video_diff = 100 * (a[:, idx_v].sum(2) - b[:, idx_v].sum(2)) / n[idx_v].sum(1)  # (seeds, n_boot)
+            boot = per_video_diff[idx_s, np.arange(n_boot)[:, None]].mean(1)
+            lo, hi = np.percentile(boot, [tail, 100 - tail])
+            rows.append({**row, "with_fer": float(va.mean()), "without_fer": float(vb.mean()),
+                         "diff": float((va - vb).mean()), "ci_low": float(lo), "ci_high": float(hi),
+                         "per_seed_diff": [float(d) for d in va - vb], "seeds_better": int(((va - vb) > 0).sum())})
+    cols = ["method", "compression", "metric", "with_fer", "without_fer", "diff", "ci_low", "ci_high",
+            "per_seed_diff", "seeds_better", "n_seeds", "seeds", "n_videos", "n_images", "n_boot", "status"]
+    out = pd.DataFrame(rows).reindex(columns=cols)
+    out.attrs.update(with_fer=with_fer, without_fer=without_fer, level=level)
     return out
 
 

@@ -10,12 +10,13 @@ One loop for EMD, its variants and every trainable baseline, through the detecto
 * warm-up (§IV-B "we fix all weights up to the last convolutional layer and pre-train the network for 3 epochs"):
   only ``model.warmup_parameters()`` train; then the whole network (``model.trainable_parameters()``, e.g. EMD
   excludes its frozen FER stream) for the remaining epochs; ``model.after_step()`` after every optimiser step;
-* Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16; the best model by validation accuracy (ties: lower validation
+* Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16 (a baseline's own optimiser and batch from its recipe,
+  :mod:`emdlib.recipes`, via :func:`make_optimizer`); the best model by validation accuracy (ties: lower validation
   loss, :func:`is_better`) is kept (``best.safetensors``) and loaded back into the model at the end.
 
 Engineering: CUDA with AMP (bf16 where supported, else fp16 with a grad scaler) and channels_last, CPU otherwise;
 seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(seed, epoch)`` at each epoch start);
-``last.safetensors`` (model + flattened Adam state + RNG states; scalars in the JSON sidecar, nothing pickled) is
+``last.safetensors`` (model + flattened optimiser state + RNG states; scalars in the JSON sidecar, nothing pickled) is
 written after every epoch, and :func:`fit` resumes from it, ending exactly where an uninterrupted run ends.
 
 :func:`predict` turns a model and a dataset into the numpy arrays :mod:`emdlib.metrics` consumes.
@@ -54,13 +55,18 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 #: Sidecar keys a training-state checkpoint (``last.safetensors``) must have to be resumed.
 TRAINING_STATE_KEYS: tuple[str, ...] = ("kind", "epoch", "config", "optimizer", "rng")
+#: Optimisers :func:`make_optimizer` builds.
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of §IV-B (defaults = the paper) plus engineering switches.
 
-    ``epochs`` counts the full-network epochs *after* the ``warmup_epochs`` (paper: 3 + 20).
+    ``epochs`` counts the full-network epochs *after* the ``warmup_epochs`` (paper: 3 + 20). The optimiser
+    (:func:`make_optimizer`): ``optimizer`` ``"adam"`` (``betas``, ``eps``) or ``"sgd"`` (``momentum``), ``lr`` and
+    ``weight_decay`` (L2) for both; the defaults are EMD's Adam (§IV-B). A baseline's values come from its recipe
+    (:mod:`emdlib.recipes`). Raises ValueError for another optimiser name.
     """
 
     warmup_epochs: int = 3
@@ -69,6 +75,9 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    optimizer: str = "adam"
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
     seed: int = 0
     num_workers: int = 0
     device: str | None = None  # None: CUDA when present, else CPU
@@ -77,6 +86,10 @@ class TrainConfig:
     deterministic: bool = True
     image_size: int | None = None  # recorded in checkpoint sidecars (emd detect needs it)
     max_batches: int | None = None  # cap on training batches per epoch (smoke runs); None = the whole set
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
 
     @property
     def total_epochs(self) -> int:
@@ -92,6 +105,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str = "adam", lr: float = 1e-3, *,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``torch.optim.Adam(params, lr, betas, eps, weight_decay)`` or ``torch.optim.SGD(params, lr, momentum,
+    weight_decay)``; ``betas``/``eps`` apply to Adam only, ``momentum`` to SGD only. The defaults are EMD's §IV-B
+    Adam. Raises ValueError for another ``name`` (:data:`OPTIMIZERS`)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -419,7 +445,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     trainable = list(model.trainable_parameters())
     if not trainable:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    optimizer = make_optimizer(trainable, config.optimizer, config.lr, betas=config.betas, eps=config.eps,
+                               momentum=config.momentum, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     base_meta = {"model": model.spec(), "image_size": config.image_size, "config": config.to_dict(),
                  **dict(meta or {})}
@@ -433,9 +460,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     if resume and last_path.is_file():
         prev = _resume_state(last_path, model, optimizer, scaler, device)
         if prev is not None:
-            for key in ("seed", "batch_size", "lr", "warmup_epochs"):
-                if prev["config"].get(key) != getattr(config, key):
-                    raise ValueError(f"{last_path}: cannot resume, {key}={prev['config'].get(key)!r} in the "
+            for key in ("seed", "batch_size", "lr", "warmup_epochs", "optimizer"):
+                recorded = prev["config"].get(key, TrainConfig.optimizer if key == "optimizer" else None)
+                if recorded != getattr(config, key):
+                    raise ValueError(f"{last_path}: cannot resume, {key}={recorded!r} in the "
                                      f"checkpoint but {getattr(config, key)!r} now (use another out_dir or "
                                      "resume=False)")
             start, history = int(prev["epoch"]), list(prev.get("history", []))

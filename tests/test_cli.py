@@ -229,3 +229,20 @@ def test_reproduce_api_checks_python_values_before_running(tmp_path):
     with pytest.raises(ValueError, match="seed is declared int"):
         reproduce("tiny", tmp_path / "d", tmp_path / "r", notebook_dir=nbs, extra_parameters={"seed": "1"})
     assert not (tmp_path / "r" / "tiny" / "notebooks" / "00_a.ipynb").exists()
+
+
+def test_progress_lines_pass_on_the_notebooks_own_log_lines(caplog) -> None:
+    """emd reproduce shows which run and epoch a notebook is at: the kernel's emdlib log lines, as they come."""
+    import logging
+
+    from emdlib.reproduce import ProgressLines
+
+    stream = ProgressLines("02_emd_training.ipynb")
+    with caplog.at_level(logging.INFO, logger="emdlib.reproduce"):
+        stream.write("INFO emdlib.study.experiments: EMD on Face2")
+        stream.write("face c23\nepoch 1/7:  50%|#####     | 5/10\r\x1b[32mWARNING emdlib.train: slow\x1b[0m\n")
+        stream.write("Traceback (most recent call last):\nINFO papermill: not ours\nINFO emdlib.train: epoch 1/7 full")
+        stream.flush()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "  02_emd_training.ipynb: EMD on Face2face c23"), ("WARNING", "  02_emd_training.ipynb: slow"),
+        ("INFO", "  02_emd_training.ipynb: epoch 1/7 full")]

@@ -186,17 +186,41 @@ def test_study_parameters_reopen_the_same_study(tmp_path: Path) -> None:
     assert Study.open("tiny", tmp_path / "d", tmp_path / "r").preset.fer.esr_weights is None
 
 
-def test_relative_study_paths_resolve_where_the_command_runs(tmp_path: Path, monkeypatch) -> None:
-    """The notebooks' kernels run in notebooks/: a relative -p path must be made absolute before it gets there."""
-    from emdlib.study import Study
+def test_relative_study_paths_are_read_from_the_repository(tmp_path: Path, monkeypatch) -> None:
+    """A notebook's kernel may run anywhere: Study.open reads relative paths from the repository, not the cwd."""
+    from emdlib.study import REPO_ROOT, Study
 
     monkeypatch.chdir(tmp_path)
-    study = Study.open("paper", "d", "r", ffpp_root="2024", splits_dir="s", esr_weights="esr9")
+    study = Study.open("paper", tmp_path / "d", tmp_path / "r", ffpp_root="2024", splits_dir="s", esr_weights="esr9")
     params = study.parameters()
-    assert params["ffpp_root"] == str(tmp_path / "2024") and params["splits_dir"] == str(tmp_path / "s")
-    assert params["esr_weights"] == str(tmp_path / "esr9") and params["data_root"] == str(tmp_path / "d")
-    assert study.paths.results == tmp_path / "r" / "paper"
-    assert Study.open("faces", "d", "r", faces_dir="f").paths.faces == tmp_path / "f"
+    assert params["ffpp_root"] == str(REPO_ROOT / "2024") and params["splits_dir"] == str(REPO_ROOT / "s")
+    assert params["esr_weights"] == str(REPO_ROOT / "esr9")
+    assert (REPO_ROOT / "notebooks").is_dir() and (REPO_ROOT / "emdlib").is_dir()
+
+
+def test_a_relative_p_path_and_a_numeric_folder_reach_notebook_02_intact(tmp_path: Path, monkeypatch) -> None:
+    """emd reproduce takes relative -p paths in the directory it runs in; a folder named 2024 stays a path."""
+    import emdlib.reproduce as rp
+
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr(rp, "ensure_stages", lambda study, notebooks: [])
+    monkeypatch.setattr(rp, "_execute", lambda pm, nb, out, params, *a: seen.__setitem__(nb.name, params))
+    monkeypatch.chdir(tmp_path)
+    rp.reproduce("paper", "d", "r", only=["02"], raw_parameters={"ffpp_root": "2024", "splits_dir": "s/2025",
+                                                                  "affectnet_root": "an", "device": "cpu",
+                                                                  "workers": "3"},
+                 settings={"emd.epochs": "1", "fer.esr_weights": "2026"})
+    params = seen["02_emd_training.ipynb"]
+    assert params["ffpp_root"] == str(tmp_path / "2024") and params["splits_dir"] == str(tmp_path / "s" / "2025")
+    assert params["affectnet_root"] == str(tmp_path / "an") and params["data_root"] == str(tmp_path / "d")
+    assert params["results_root"] == str(tmp_path / "r")
+    assert params["settings"] == {"emd.epochs": 1, "fer.esr_weights": str(tmp_path / "2026")}
+    assert params["device"] == "cpu" and params["workers"] == 3
+    from emdlib.study import Study
+
+    reopened = Study.open(**params)  # what the notebook does with them
+    assert reopened.preset.emd.epochs == 1 and reopened.preset.fer.esr_weights == str(tmp_path / "2026")
+    assert reopened.paths.world == tmp_path / "2024" and reopened.workers == 3
 
 
 @pytest.mark.parametrize("preset,override", [("tiny", "ffpp_root"), ("cpu", "splits_dir"), ("paper", "faces_dir"),

@@ -82,3 +82,33 @@ def test_chance_levels(study, fake_run):
     # empty mask: fraction of ground-truth-negative pixels per image = (fp + tn) / 10
     assert c["empty_mask_pixel_accuracy"] == pytest.approx(100 * np.mean([0.8, 0.6, 0.8, 1.0]))
     assert c["run"] == name
+
+
+def test_fer_effect_over_seeds_means_seeds_and_bootstraps_seeds_and_videos(study):
+    """Three seeds: per-seed differences +33.3, 0 and −16.7 points → mean +5.56; the interval spans the seeds."""
+    videos = np.repeat([f"v{i}" for i in range(6)], 2)
+    labels = np.repeat([1, 1, 1, 0, 0, 0], 2)
+    xs_correct = np.array([1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0])  # 6/12
+    emd_by_seed = {0: np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1]),  # 10/12
+                   1: xs_correct,  # 6/12
+                   2: np.array([1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0])}  # 4/12
+    pix = np.full(12, 0.9)
+    for s, emd_correct in emd_by_seed.items():
+        write_predictions(study, run_name("EMD", "Face2Face", "c23", s), emd_correct, pix + 0.01 * s, videos, labels)
+        write_predictions(study, run_name("XceptionNet (seg)", "Face2Face", "c23", s), xs_correct, pix, videos,
+                          labels)
+    eff = stats.fer_effect_over_seeds(study, [("Face2Face", "c23")], seeds=[0, 1, 2, 3], n_boot=400, seed=0)
+    acc = eff[eff["metric"] == "accuracy"].iloc[0]
+    assert acc["seeds"] == [0, 1, 2] and acc["n_seeds"] == 3  # seed 3 was never run: left out
+    assert acc["per_seed_diff"] == pytest.approx([100 * 4 / 12, 0.0, -100 * 2 / 12])
+    assert acc["diff"] == pytest.approx(100 * 2 / 12 / 3) and acc["seeds_better"] == 1
+    assert acc["with_fer"] == pytest.approx(100 * 20 / 36) and acc["without_fer"] == pytest.approx(50.0)
+    assert acc["ci_low"] < 0 < acc["ci_high"]  # one seed's gain does not carry the conclusion
+    px = eff[eff["metric"] == "pixel_accuracy"].iloc[0]
+    # seed s gains exactly s points on every image: the mean is 1, the interval the range a seed draw can give
+    assert px["diff"] == pytest.approx(1.0) and -1e-9 <= px["ci_low"] <= 1.0 <= px["ci_high"] <= 2.0 + 1e-9
+    single = stats.fer_effect_over_seeds(study, [("Face2Face", "c23")], seeds=[0], n_boot=400, seed=0)
+    ref = stats.fer_effect(study, [("Face2Face", "c23")], n_boot=400, seed=0)
+    assert single.iloc[0]["diff"] == pytest.approx(ref.iloc[0]["diff"])
+    none = stats.fer_effect_over_seeds(study, [("NeuralTextures", "c23")], seeds=[0, 1])
+    assert (none["status"] == "not run").all()

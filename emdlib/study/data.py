@@ -50,12 +50,13 @@ def ensure_world(study: Study) -> dict:
 
 
 def ensure_cache(study: Study) -> dict:
-    """Run prepare on the world (resumable: finished videos are skipped) and return its summary."""
+    """Run prepare on the world (resumable: finished videos are skipped) with the study's ``workers`` (None: the
+    preset's) and return its summary."""
     from emdlib.data.prepare import prepare
 
     preset, paths = study.preset, study.paths
     return prepare(paths.world, paths.cache, preset.prepare, methods=preset.data.methods,
-                   compressions=preset.data.compressions, splits_dir=paths.splits)
+                   compressions=preset.data.compressions, splits_dir=paths.splits, workers=study.workers)
 
 
 def ensure_data(study: Study) -> dict:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,8 +28,12 @@ import torch
 from emdlib.data.datasets import ManipulationDataset
 from emdlib.io import read_json
 from emdlib.presets import Preset
+from emdlib.recipes import Recipe, recipe_for
 from emdlib.study import Study
 from emdlib.study.records import RECORD, save_predictions, write_run_record
+
+if TYPE_CHECKING:
+    from emdlib.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +79,17 @@ def run_name(system: str, method: str, compression: str, seed: int = 0, n_train_
 def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
 
-    ``xception``: ``pretrained`` as the preset. The baselines that resize every face to a fixed size — MesoNet and
-    ClassNSeg (256 px), Bayar & Stamm (a 128-px crop) — run at the preset's face size when that is smaller
-    (``input_size``): upsampling a 64-px face adds no information, only compute (16× at 256 px). MesoNet takes the
-    preset's ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`).
+    ``xception``: ``pretrained`` as the preset. The baselines built for a fixed input size (``Recipe.sized_input``) —
+    MesoNet and ClassNSeg (256 px), Bayar & Stamm (a 128-px crop) — take their recipe's size
+    (:data:`emdlib.recipes.RECIPES`), or the preset's face size when that is smaller (``input_size``): upsampling a
+    64-px face adds no information, only compute (16× at 256 px). MesoNet takes the preset's
+    ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`).
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
-    from emdlib.baselines import bayar, classnseg, mesonet
-
-    native = {"multitask": classnseg.INPUT_SIZE, "multitask_ensfer": classnseg.INPUT_SIZE,
-              "mesonet": mesonet.INPUT_SIZE, "bayar_stamm": bayar.INPUT_SIZE}.get(system.kind)
-    kwargs: dict[str, Any] = {"input_size": min(native, preset.emd.image_size)} if native else {}
+    recipe = recipe_for(system.kind)
+    kwargs: dict[str, Any] = ({"input_size": min(int(recipe.input_size.value), preset.emd.image_size)}
+                              if recipe.sized_input else {})
     if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
         kwargs["bn_momentum"] = preset.emd.baseline_bn_momentum
     return kwargs
@@ -131,15 +134,16 @@ def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
 
 
 def cell_datasets(study: Study, method: str, compression: str, n_train_videos: int | None = None,
-                  seed: int = 0) -> dict[str, ManipulationDataset]:
-    """Train (augmented; optionally the first ``n_train_videos`` pristine videos and their fakes), val and test sets
-    of one cell, from the face cache (the data stage must have run: :func:`emdlib.study.data.require_cache`)."""
+                  seed: int = 0, augment: bool = True) -> dict[str, ManipulationDataset]:
+    """Train (flipped horizontally when ``augment``, as the system's recipe says; optionally the first
+    ``n_train_videos`` pristine videos and their fakes), val and test sets of one cell, from the face cache (the
+    data stage must have run: :func:`emdlib.study.data.require_cache`)."""
     from emdlib.study.data import require_cache
 
     require_cache(study)
     size = study.preset.emd.image_size
     sets = {split: ManipulationDataset(study.paths.cache, split, [method], [compression], size,
-                                       augment=(split == "train"))
+                                       augment=augment and split == "train")
             for split in ("train", "val", "test")}
     if n_train_videos:
         sets["train"] = sets["train"].subset_videos(n_train_videos, seed=seed)
@@ -163,11 +167,12 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
         log.warning("%s: %s; training again", record_path, why)
         _drop_training_state(paths.run_checkpoints / name)  # never resume a run of another protocol
     spec = SYSTEMS[system]
-    sets = cell_datasets(study, method, compression, n_train_videos, seed)
+    recipe = recipe_for(spec.kind)
+    sets = cell_datasets(study, method, compression, n_train_videos, seed, augment=recipe.augments)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if spec.kind == "steg_features_svm":
-        pred, train_info, checkpoint = _run_svm(sets)
+        pred, train_info, checkpoint = _run_svm(sets, recipe)
     else:
         pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
     from emdlib.metrics import evaluate
@@ -182,7 +187,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
                      wall_time_s=round(time.perf_counter() - t0, 1),
                      extra={"system": system, "method": method, "compression": compression,
                             "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
-                            "initial_weights": initial_weights(study.preset, spec),
+                            "initial_weights": initial_weights(study.preset, spec), "recipe": recipe.summary(),
                             "history": train_info.get("history", [])},
                      preset=study.name)
     _drop_training_state(paths.run_checkpoints / name)
@@ -192,12 +197,16 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
 def why_not_reusable(record: dict, preset: Preset) -> str | None:
     """Why a stored run record cannot stand for the run now, or None when it can.
 
-    It must have been made under the same preset configuration, and its best checkpoint must be on this machine
-    (figures rebuild models from it): a fresh clone carries the committed records of ``results/`` but not the
-    checkpoints under ``data/``, so there the main command trains every run again.
+    It must have been made under the same preset configuration and with its system's current training recipe
+    (:mod:`emdlib.recipes`; checked when the record names its system), and its best checkpoint must be on this
+    machine (figures rebuild models from it): a fresh clone carries the committed records of ``results/`` but not
+    the checkpoints under ``data/``, so there the main command trains every run again.
     """
     if not _same_protocol(record.get("config", {}).get("preset"), preset.to_dict()):
         return "recorded under another preset configuration"
+    system = SYSTEMS.get(record.get("system") or record.get("config", {}).get("system"))
+    if system is not None and not _same_protocol(record.get("recipe"), recipe_for(system.kind).summary()):
+        return "trained with another training recipe"
     ckpt = record.get("checkpoint")
     if ckpt and not Path(ckpt).is_file():
         return f"its checkpoint {ckpt} is not on this machine"
@@ -215,11 +224,31 @@ def _drop_training_state(run_dir: Path) -> None:
         (run_dir / f).unlink(missing_ok=True)
 
 
+def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
+    """The :class:`emdlib.train.TrainConfig` ``system`` trains with under ``preset``.
+
+    EMD and its variants: the preset's ``emd`` section as it is (``TrainConfig.from_preset``; for ``paper`` that is
+    §IV-B). Every other system: its recipe (:data:`emdlib.recipes.RECIPES`) — optimiser, learning rate, batch
+    size — with its epochs scaled by the preset's budget (:func:`emdlib.recipes.scale_epochs`); the preset's image
+    size and smoke-test batch cap (``emd.max_batches``) apply to every system. Raises ValueError for the SVM (no
+    loop).
+    """
+    from emdlib.recipes import scale_epochs
+    from emdlib.train import TrainConfig
+
+    if system.kind == "emd":
+        return TrainConfig.from_preset(preset.emd, seed=seed)
+    recipe = recipe_for(system.kind)
+    warmup, epochs = scale_epochs(recipe, preset.emd)
+    return TrainConfig.from_preset(preset.emd, seed=seed, warmup_epochs=warmup, epochs=epochs,
+                                   batch_size=int(recipe.batch_size.value), **recipe.optimizer_settings())
+
+
 def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
-    from emdlib.train import TrainConfig, fit, predict
+    from emdlib.train import fit, predict
 
     model, spec = build_system(study, system)
-    cfg = TrainConfig.from_preset(study.preset.emd, seed=seed)
+    cfg = train_config(system, study.preset, seed)
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
     pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
@@ -227,8 +256,9 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
 
 
-def _run_svm(sets: dict):
-    """Steg.Features + SVM: features of the uint8 face crops, linear SVM; P(fake) = sigmoid(decision)."""
+def _run_svm(sets: dict, recipe: Recipe):
+    """Steg.Features + SVM: features of the uint8 face crops, linear SVM at the recipe's C; P(fake) =
+    sigmoid(decision)."""
     from emdlib.baselines.steganalysis import shared_input_to_uint8, steg_svm_pipeline
 
     def arrays(ds) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -238,13 +268,14 @@ def _run_svm(sets: dict):
 
     x_tr, y_tr, _ = arrays(sets["train"])
     x_te, y_te, items = arrays(sets["test"])
-    pipe = steg_svm_pipeline()
+    c = float(recipe.svm_c.value)
+    pipe = steg_svm_pipeline(C=c)
     pipe.fit(x_tr, y_tr)
     prob = 1.0 / (1.0 + np.exp(-pipe.decision_function(x_te)))
     pred = {"prob": prob, "label": y_te,
             **{k: np.array([it[k] for it in items], dtype=object) for k in ("method", "compression", "video")},
             "frame": np.array([int(it["frame"]) for it in items])}
-    return pred, {"config": {"classifier": "LinearSVC", "C": 1.0}, "device": "cpu"}, None
+    return pred, {"config": {"classifier": "LinearSVC", "C": c}, "device": "cpu"}, None
 
 
 def run_grid(study: Study, systems: Sequence[str], cells: Sequence[tuple[str, str]],
@@ -328,11 +359,36 @@ def training_size_runs(study: Study, points: Sequence[int], seeds: Sequence[int]
                        system: str = "EMD") -> list[dict[str, Any]]:
     """Fig. 6's runs (§IV-E2): ``system`` on each cell trained on the first ``n`` pristine training videos (and their
     fakes; :meth:`~emdlib.data.datasets.ManipulationDataset.subset_videos`, nested per seed) for every ``n`` and
-    seed; finished runs are read back."""
+    seed; finished runs are read back.
+
+    The point at the whole training set is the cell's main run of that seed (notebook 02 trains it, and the FER
+    comparison's seeds, :func:`comparison_runs`): it is not trained a second time under another name. Its record is
+    returned with ``n_train_videos`` set to ``n`` (in memory only), so that it joins the curve.
+    """
+    full = _train_videos(study.preset)
     records = []
     for method, comp in cells:
         for n in points:
             for seed in seeds:
                 log.info("Fig. 6: %s on %s %s, %d training videos, seed %d", system, method, comp, n, seed)
-                records.append(run_cell(study, system, method, comp, seed=seed, n_train_videos=int(n)))
+                if int(n) >= full:
+                    records.append({**run_cell(study, system, method, comp, seed=seed), "n_train_videos": full})
+                else:
+                    records.append(run_cell(study, system, method, comp, seed=seed, n_train_videos=int(n)))
+    return records
+
+
+#: The paper's central comparison: EMD against the same network without the FER stream (the Table IV row).
+COMPARISON: tuple[str, str] = ("EMD", "XceptionNet (seg)")
+
+
+def comparison_runs(study: Study, seeds: Sequence[int] | None = None,
+                    systems: Sequence[str] = COMPARISON) -> list[dict[str, Any]]:
+    """EMD and the same network without FER on the expression cells (:func:`paper_cells`: F2F and NT at c23) for
+    every seed of ``seeds`` (default: the preset's ``emd.comparison_seeds``); finished runs are read back (seed 0 is
+    the main run of notebook 02). :func:`emdlib.stats.fer_effect_over_seeds` compares them."""
+    seeds = list(study.preset.emd.comparison_seeds if seeds is None else seeds)
+    records = []
+    for seed in seeds:
+        records += run_grid(study, systems, paper_cells(study.preset), seed=seed)
     return records

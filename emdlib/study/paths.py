@@ -3,7 +3,7 @@
 ```
 <data_root>/<preset>/ffpp/         FF++ layout made by synth or forge (or the user's FF++ root for ``paper``)
 <data_root>/<preset>/cache/        face cache + manifest (prepare)
-<data_root>/<preset>/expressions/  synth expression set (the AffectNet stand-in)
+<data_root>/<preset>/expressions/  synth expression set (the AffectNet stand-in; or the user's AffectNet: ``affectnet``)
 <data_root>/<preset>/checkpoints/  trained models (safetensors + JSON): esr/simfer (FER stage), runs/<run>/ (cells)
 <results_root>/<preset>/{figures,tables,runs,notebooks}/
 ```
@@ -20,7 +20,8 @@ class StudyPaths:
     """The folders of one study (module docstring); all absolute.
 
     ``world`` is the FF++-layout root (the user's FaceForensics++ copy for the ``paper`` preset), ``splits`` its
-    split files, ``faces`` the folder of face photos the ``faces`` preset forges from (None otherwise).
+    split files, ``faces`` the folder of face photos the ``faces`` preset forges from (None otherwise),
+    ``affectnet`` the user's AffectNet root (official CSVs and images) when the FER stage trains on it.
     """
 
     data: Path
@@ -31,19 +32,22 @@ class StudyPaths:
     expressions: Path
     checkpoints: Path
     faces: Path | None = None
+    affectnet: Path | None = None
 
     @classmethod
     def under(cls, preset: str, data_root: str | Path = "data", results_root: str | Path = "results",
               ffpp_root: str | Path | None = None, splits_dir: str | Path | None = None,
-              faces_dir: str | Path | None = None) -> "StudyPaths":
+              faces_dir: str | Path | None = None, affectnet: str | Path | None = None) -> "StudyPaths":
         """The folders of preset ``preset`` under ``data_root`` and ``results_root`` (module docstring);
-        ``ffpp_root`` / ``splits_dir`` point the world at another FF++ copy / split folder."""
+        ``ffpp_root`` / ``splits_dir`` point the world at another FF++ copy / split folder, ``affectnet`` at the
+        user's AffectNet."""
         data = Path(data_root).resolve() / preset
         world = Path(ffpp_root).resolve() if ffpp_root else data / "ffpp"
         return cls(data=data, results=Path(results_root).resolve() / preset, world=world,
                    splits=Path(splits_dir).resolve() if splits_dir else world / "splits", cache=data / "cache",
                    expressions=data / "expressions", checkpoints=data / "checkpoints",
-                   faces=Path(faces_dir).resolve() if faces_dir else None)
+                   faces=Path(faces_dir).resolve() if faces_dir else None,
+                   affectnet=Path(affectnet).resolve() if affectnet else None)
 
     @property
     def figures(self) -> Path:

@@ -72,6 +72,43 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+#: The libraries whose versions a run record names (results can move with any of them).
+RECORDED_LIBRARIES: tuple[str, ...] = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "opencv-python-headless",
+                                       "safetensors", "emdlib")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`), or ``"unknown"``."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a run ran, for its record: CPU model, logical CPUs, torch's intra-op threads, Python and platform, and
+    the versions of :data:`RECORDED_LIBRARIES` (None when one is not installed). The same run can differ by a few
+    points between CPUs and library versions (issue 13): the record says which it was."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    versions: dict[str, str | None] = {}
+    for name in RECORDED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform(), "libraries": versions}
+
+
 def write_run_record(results_dir: str | os.PathLike, run: str, metrics: Mapping[str, Any], config: Mapping[str, Any],
                      seed: int | None, manifest: str | os.PathLike | None = None,
                      checkpoint: str | os.PathLike | None = None, device: str | None = None,
@@ -81,7 +118,8 @@ def write_run_record(results_dir: str | os.PathLike, run: str, metrics: Mapping[
 
     ``results_dir`` is ``results/<preset>``; ``config`` the full configuration (e.g. ``Preset.to_dict()`` plus the
     training config); ``manifest`` the data cache manifest file and ``checkpoint`` the model's ``.safetensors`` —
-    both are hashed (sha256). NaN metrics are stored as JSON ``null``. ``preset`` defaults to ``config["name"]``, else
+    both are hashed (sha256); ``machine`` (:func:`machine_info`) names the CPU, threads and library versions. NaN
+    metrics are stored as JSON ``null``. ``preset`` defaults to ``config["name"]``, else
     the name of ``results_dir``.
     """
     if not run or "/" in run or run in (".", ".."):
@@ -98,6 +136,7 @@ def write_run_record(results_dir: str | os.PathLike, run: str, metrics: Mapping[
         "checkpoint": os.fspath(checkpoint) if checkpoint is not None else None,
         "checkpoint_sha256": _sha_or_none(checkpoint, "checkpoint"),
         "device": device,
+        "machine": machine_info(),
         "wall_time_s": wall_time_s,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **_clean(dict(extra or {})),
