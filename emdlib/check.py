@@ -11,7 +11,7 @@ readers the stages use, so it finds what they would find:
   readable, non-empty file. Missing files are summarised per folder ("c40: 12 of 1000 original videos missing
   (first: …)"), not listed one by one. The first video of each folder (and the first mask of each method, against
   its fake's frame size) is decoded with :mod:`emdlib.data.video` to catch a codec this machine cannot read.
-* **AffectNet** (``training.csv`` / ``validation.csv``): columns, rows and images through
+* **AffectNet** (``training.csv`` / ``validation.csv``, :func:`affectnet_files`): columns, rows and images through
   :func:`emdlib.data.expressions.read_affectnet_csv` — the reader the FER stage uses.
 * **ESR-9** official weights: all ten files, loaded into a 9-branch ESR (:func:`emdlib.models.esr.load_official_esr`).
 * **ImageNet weights** (:mod:`emdlib.pretrained`): a local file or folder is loaded into every timm network that
@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 ERROR = "error"
 WARNING = "warning"
 SEVERITIES: tuple[str, ...] = (ERROR, WARNING)
-#: AffectNet's official annotation files (reference-facts §A.5: training on the first, validation on the second).
+#: AffectNet's official annotation files (reference-facts §A.5: training on the first, validation on the second),
+#: the folder the official archive keeps them in, and its image folder (``subDirectory_filePath`` is relative to it).
 AFFECTNET_CSVS: tuple[str, ...] = ("training.csv", "validation.csv")
+AFFECTNET_CSV_FOLDER = "Manually_Annotated_file_lists"
+AFFECTNET_IMAGE_FOLDER = "Manually_Annotated_Images"
 #: How many ids or files a finding names before "…".
 FIRST = 5
 
@@ -320,42 +323,59 @@ def check_esr_weights(folder: str | os.PathLike) -> list[Finding]:
     return []
 
 
-def affectnet_images(root: str | os.PathLike) -> Path:
-    """The folder AffectNet's ``subDirectory_filePath`` column is relative to: ``<root>/Manually_Annotated_Images``
-    when it exists (the official archive's folder), else ``root``."""
+def affectnet_files(root: str | os.PathLike) -> tuple[list[Path], Path]:
+    """``([training.csv, validation.csv], image folder)`` of the AffectNet copy at ``root``, in the official layout
+    (``Manually_Annotated_file_lists/*.csv``, ``Manually_Annotated_Images/``) or with the CSVs in the root and the
+    archive unpacked in place (``Manually_Annotated/Manually_Annotated_Images/``). Raises FileNotFoundError naming
+    the root and the places looked in when the root, a CSV or the image folder is missing."""
     root = Path(root)
-    official = root / "Manually_Annotated_Images"
-    return official if official.is_dir() else root
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: AffectNet root not found (expected {AFFECTNET_CSV_FOLDER}/"
+                                f"{AFFECTNET_CSVS[0]}, {AFFECTNET_CSV_FOLDER}/{AFFECTNET_CSVS[1]} and "
+                                f"{AFFECTNET_IMAGE_FOLDER}/ in it)")
+    csvs = []
+    for name in AFFECTNET_CSVS:
+        places = [root / AFFECTNET_CSV_FOLDER / name, root / name]
+        found = next((p for p in places if p.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{root}: AffectNet {name} not found (looked for "
+                                    + " and ".join(map(str, places)) + ")")
+        csvs.append(found)
+    places = [root / AFFECTNET_IMAGE_FOLDER, root / "Manually_Annotated" / AFFECTNET_IMAGE_FOLDER]
+    images = next((p for p in places if p.is_dir()), None)
+    if images is None:
+        raise FileNotFoundError(f"{root}: AffectNet image folder not found (looked for "
+                                + " and ".join(map(str, places)) + ")")
+    return csvs, images
 
 
 def check_affectnet(root: str | os.PathLike) -> list[Finding]:
-    """AffectNet's ``training.csv`` and ``validation.csv`` under ``root``: readable, with the official columns, usable
-    rows, and their images on disk (:func:`emdlib.data.expressions.read_affectnet_csv`). An image that is missing is
-    a warning (training drops and counts the row), no image at all an error (wrong folder)."""
-    from emdlib.data.expressions import read_affectnet_csv
+    """AffectNet's ``training.csv`` and ``validation.csv`` (:func:`affectnet_files`): readable, with the official
+    columns, usable rows, and their images on disk (:func:`emdlib.data.expressions.read_affectnet_csv`, the FER
+    stage's reader). A missing image is a warning (training drops and counts its row); no image at all is an error
+    (wrong folder)."""
+    from emdlib.data.expressions import AFFECTNET_COLUMNS, read_affectnet_csv
 
-    root = Path(root)
-    if not root.is_dir():
-        return [Finding(ERROR, "affectnet", f"{root}: AffectNet root folder not found",
-                        fix="give the folder holding training.csv and validation.csv with -p affectnet_root DIR")]
-    images = affectnet_images(root)
+    try:
+        csvs, images = affectnet_files(root)
+    except FileNotFoundError as e:
+        return [Finding(ERROR, "affectnet", str(e), None,
+                        "give the AffectNet copy with -p affectnet_root DIR, in the official layout: "
+                        f"{AFFECTNET_CSV_FOLDER}/{{{','.join(AFFECTNET_CSVS)}}} and {AFFECTNET_IMAGE_FOLDER}/")]
     out: list[Finding] = []
-    for name in AFFECTNET_CSVS:
-        csv = root / name
+    for csv in csvs:
         try:
             samples, counts = read_affectnet_csv(csv, images, check_files=False)
         except (FileNotFoundError, ValueError) as e:
             out.append(Finding(ERROR, "affectnet", str(e), None,
-                               f"give AffectNet's official {name} (columns subDirectory_filePath, face_x, face_y, "
-                               "face_width, face_height, facial_landmarks, expression, valence, arousal)"))
+                               f"give AffectNet's official {csv.name} (columns {', '.join(AFFECTNET_COLUMNS)})"))
             continue
-        missing = [s.path for s in tqdm(samples, desc=f"check: {name} images", unit="image", leave=False,
+        missing = [s.path for s in tqdm(samples, desc=f"check: {csv.name} images", unit="image", leave=False,
                                         disable=None) if not s.path.is_file()]
         if missing and len(missing) == len(samples):
             out.append(Finding(ERROR, "affectnet", f"{csv}: none of its {len(samples)} images is under {images} "
                                                    f"(first: {_first(str(p) for p in missing)})", None,
-                               "the images must lie at <affectnet_root>/Manually_Annotated_Images/"
-                               "<subDirectory_filePath> (or directly under the root)"))
+                               f"the images must lie at {AFFECTNET_IMAGE_FOLDER}/<subDirectory_filePath>"))
         elif missing:
             out.append(Finding(WARNING, "affectnet", f"{csv}: {len(missing)} of {len(samples)} images missing "
                                                      f"(first: {_first(str(p) for p in missing)}); their rows "
@@ -464,6 +484,6 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-__all__ = ["AFFECTNET_CSVS", "ERROR", "Finding", "SEVERITIES", "WARNING", "affectnet_images", "cache_bytes",
+__all__ = ["AFFECTNET_CSVS", "ERROR", "Finding", "SEVERITIES", "WARNING", "affectnet_files", "cache_bytes",
            "check_affectnet", "check_disk", "check_esr_weights", "check_fer_data", "check_ffpp", "check_imagenet",
            "check_study", "errors", "format_findings", "imagenet_models", "timm_weights_cached"]

@@ -50,9 +50,11 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def write_affectnet(root: Path) -> None:
-    """training.csv / validation.csv with AffectNet's columns: one 32-px image per class (0..7) under
-    ``Manually_Annotated_Images/<sub>/``, plus a row of code 9 (Uncertain: dropped by the reader, not a problem)."""
+    """``Manually_Annotated_file_lists/{training,validation}.csv`` with AffectNet's columns: one 32-px image per
+    class (0..7) under ``Manually_Annotated_Images/<sub>/``, plus a row of code 9 (Uncertain: dropped by the reader,
+    not a problem)."""
     rng = np.random.default_rng(0)
+    (root / "Manually_Annotated_file_lists").mkdir(parents=True)
     for csv in ("training.csv", "validation.csv"):
         rows = [",".join(AFFECTNET_COLUMNS)]
         for code in [*range(8), 9]:
@@ -61,7 +63,7 @@ def write_affectnet(root: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
             rows.append(f'{rel},0,0,32,32,"1.0;2.0",{code},0.1,-0.2')
-        (root / csv).write_text("\n".join(rows) + "\n")
+        (root / "Manually_Annotated_file_lists" / csv).write_text("\n".join(rows) + "\n")
 
 
 def paper_study(tmp: Path, ffpp: Path, **overrides) -> Study:
@@ -85,9 +87,9 @@ def problems(findings: list[Finding], severity: str = ERROR) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ complete
 def test_complete_inputs_report_nothing(inputs, tmp_path):
-    study = paper_study(tmp_path, inputs["ffpp"], esr_weights=inputs["esr"], imagenet_weights=inputs["imagenet"])
+    study = paper_study(tmp_path, inputs["ffpp"], esr_weights=inputs["esr"], imagenet_weights=inputs["imagenet"],
+                        affectnet_root=inputs["affectnet"])
     assert check_study(study) == []
-    assert check_affectnet(inputs["affectnet"]) == []
     assert check.format_findings([]) == "no problems found"
 
 
@@ -157,26 +159,36 @@ def test_the_paper_split_sizes_and_a_missing_root(inputs, tmp_path):
 # ---------------------------------------------------------------------------------------------------- AffectNet
 def test_affectnet_missing_column_and_missing_image_are_named(inputs, tmp_path):
     root = Path(shutil.copytree(inputs["affectnet"], tmp_path / "affectnet"))
-    training = root / "training.csv"
+    lists = root / "Manually_Annotated_file_lists"
+    training = lists / "training.csv"
     lines = training.read_text().splitlines()
-    header = lines[0].split(",")
-    drop = header.index("expression")
+    drop = lines[0].split(",").index("expression")
     training.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != drop) for line in lines))
     gone = root / "Manually_Annotated_Images" / "3" / "valid_3.png"
     gone.unlink()
     findings = check_affectnet(root)
     assert [f.severity for f in findings] == [ERROR, WARNING]
     assert findings[0].problem.startswith(f"{training}: missing AffectNet columns ['expression']")
-    assert findings[1].problem == (f"{root / 'validation.csv'}: 1 of 8 images missing (first: {gone}); their rows "
-                                   "would be dropped")
+    assert findings[1].problem == (f"{lists / 'validation.csv'}: 1 of 8 images missing (first: {gone}); their "
+                                   "rows would be dropped")
 
 
-def test_affectnet_with_no_image_at_all_is_an_error(inputs, tmp_path):
+def test_affectnet_without_images_or_a_csv_is_an_error(inputs, tmp_path):
     root = Path(shutil.copytree(inputs["affectnet"], tmp_path / "affectnet"))
-    shutil.rmtree(root / "Manually_Annotated_Images")
+    images = root / "Manually_Annotated_Images"
+    for sub in images.iterdir():  # the folder is there, its images are not
+        shutil.rmtree(sub)
     findings = check_affectnet(root)
     assert [f.severity for f in findings] == [ERROR, ERROR]
-    assert findings[0].problem.startswith(f"{root / 'training.csv'}: none of its 8 images is under {root} (first: ")
+    assert findings[0].problem.startswith(f"{root / 'Manually_Annotated_file_lists' / 'training.csv'}: none of its 8 "
+                                          f"images is under {images} (first: ")
+    shutil.rmtree(images)
+    (root / "Manually_Annotated_file_lists" / "validation.csv").unlink()
+    findings = check_affectnet(root)
+    assert len(findings) == 1
+    assert findings[0].problem == (f"{root}: AffectNet validation.csv not found (looked for "
+                                   f"{root / 'Manually_Annotated_file_lists' / 'validation.csv'} and "
+                                   f"{root / 'validation.csv'})")
 
 
 # -------------------------------------------------------------------------------------------------- ESR, ImageNet
@@ -242,7 +254,8 @@ def test_cli_exit_status_and_relative_paths(inputs, ffpp, tmp_path, monkeypatch,
     monkeypatch.setattr(check, "timm_weights_cached", lambda name: False)
     monkeypatch.setattr(check.shutil, "disk_usage", lambda p: SimpleNamespace(free=10**12))
     args = ["check", "--preset", "paper", "--data-root", "data", "--results", "results", "-p", "ffpp_root", "ffpp",
-            "-p", "esr_weights", str(inputs["esr"])]
+            "-p", "esr_weights", str(inputs["esr"]), "-p", "affectnet_root", "affectnet"]
+    shutil.copytree(inputs["affectnet"], tmp_path / "affectnet")
     assert main(args) == 0  # warnings only: 1/1/1 pairs, ImageNet weights not cached
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"emd check --preset paper: FF++ {ffpp}, splits {ffpp / 'splits'}"
@@ -252,5 +265,14 @@ def test_cli_exit_status_and_relative_paths(inputs, ffpp, tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "ERROR   [ffpp] Deepfakes masks: 1 of 6 missing (train 1; first: 000_001)" in out
     assert out.splitlines()[-1] == "1 error, 3 warnings"
+    (tmp_path / "affectnet" / "Manually_Annotated_Images" / "0" / "valid_0.png").unlink()
+    assert main(args) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "1 error, 4 warnings" and any(
+        line.startswith(f"WARNING [affectnet] {tmp_path / 'affectnet'}") and "1 of 8 images missing" in line
+        for line in lines)  # the relative -p affectnet_root was taken in the working directory
+    assert main(args + ["--set", 'data.methods=["Face2Face", "NeuralTextures"]']) == 0  # Deepfakes not checked
+    assert "Deepfakes" not in capsys.readouterr().out
+    assert main(args + ["--set", "data.no_such_setting=1"]) == 2
     assert main(args + ["-p", "no_such_parameter", "1"]) == 2
     assert main(args + ["-p", "ffpp_root", "other"]) == 2  # given twice
