@@ -448,8 +448,8 @@ def timm_weights_cached(name: str) -> bool:
 def cache_bytes(preset: Preset, pairs: dict[str, Sequence] | None = None) -> int:
     """Upper estimate of the face cache's size in bytes (:mod:`emdlib.data.prepare`'s layout): every video of every
     split at every compression caches ``train_frames`` (train) or ``eval_frames`` (val/test) crops of
-    ``crop_size``² × 3 bytes, and every fake as many ``crop_size``² masks. ``pairs``: the split files' pairs (default:
-    the preset's pair counts). Videos shorter than the frame count cache fewer frames."""
+    ``crop_size``² × 3 bytes, and every fake as many ``crop_size``² masks. ``pairs``: the split files' pairs
+    (default: the preset's pair counts). Videos shorter than the frame count cache fewer frames."""
     counts = {s: len(pairs[s]) for s in SPLITS} if pairs is not None else dict(zip(SPLITS, preset.data.pairs))
     p, d = preset.prepare, preset.data
     side = p.crop_size * p.crop_size
