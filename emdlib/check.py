@@ -11,8 +11,9 @@ readers the stages use, so it finds what they would find:
   readable, non-empty file. Missing files are summarised per folder ("c40: 12 of 1000 original videos missing
   (first: …)"), not listed one by one. The first video of each folder (and the first mask of each method, against
   its fake's frame size) is decoded with :mod:`emdlib.data.video` to catch a codec this machine cannot read.
-* **AffectNet** (``training.csv`` / ``validation.csv``, :func:`affectnet_files`): columns, rows and images through
-  :func:`emdlib.data.expressions.read_affectnet_csv` — the reader the FER stage uses.
+* **AffectNet** (``training.csv`` / ``validation.csv`` where :func:`emdlib.data.affectnet.affectnet_layout` finds
+  them): columns, rows and images through :func:`emdlib.data.expressions.read_affectnet_csv` — the FER stage's
+  reader.
 * **ESR-9** official weights: all ten files, loaded into a 9-branch ESR (:func:`emdlib.models.esr.load_official_esr`).
 * **ImageNet weights** (:mod:`emdlib.pretrained`): a local file or folder is loaded into every timm network that
   starts from it (EMD's encoder, XceptionNet); ``pretrained=True`` without the weights in the local cache is a
@@ -43,11 +44,6 @@ log = logging.getLogger(__name__)
 ERROR = "error"
 WARNING = "warning"
 SEVERITIES: tuple[str, ...] = (ERROR, WARNING)
-#: AffectNet's official annotation files (reference-facts §A.5: training on the first, validation on the second),
-#: the folder the official archive keeps them in, and its image folder (``subDirectory_filePath`` is relative to it).
-AFFECTNET_CSVS: tuple[str, ...] = ("training.csv", "validation.csv")
-AFFECTNET_CSV_FOLDER = "Manually_Annotated_file_lists"
-AFFECTNET_IMAGE_FOLDER = "Manually_Annotated_Images"
 #: How many ids or files a finding names before "…".
 FIRST = 5
 
@@ -292,8 +288,9 @@ def _decode_samples(samples: Sequence[tuple[str, Path, Path | None]]) -> list[Fi
 # -------------------------------------------------------------------------------------------------- FER stream
 def check_fer_data(study: Study) -> list[Finding]:
     """The FER stream's inputs: the official ESR-9 folder (``esr_weights``) and the AffectNet root
-    (``affectnet_root``), when given; for the FF++ world, a warning when neither is (the FER stream would then
-    train on the synthetic expression set instead of the paper's AffectNet)."""
+    (``affectnet_root``), when given; for the FF++ world without AffectNet, a warning (the FER stage would train
+    SimFER, and ESR unless the ESR-9 weights are given, on the synthetic expression set: :func:`emdlib.study.fer.
+    fer_data`)."""
     findings: list[Finding] = []
     esr = study.preset.fer.esr_weights
     affectnet = study.paths.affectnet
@@ -301,11 +298,12 @@ def check_fer_data(study: Study) -> list[Finding]:
         findings += check_esr_weights(esr)
     if affectnet is not None:
         findings += check_affectnet(affectnet)
-    if not esr and affectnet is None and study.preset.data.world == "ffpp":
-        findings.append(Finding(WARNING, "affectnet", "no AffectNet root and no ESR-9 weights: the FER stream "
-                                "would be trained on the synthetic expression set, not on AffectNet as in the paper",
-                                fix="give -p affectnet_root DIR (training.csv, validation.csv and the images) or "
-                                    "-p esr_weights DIR (the official ESR-9 files)"))
+    elif study.preset.data.world == "ffpp":
+        trained = "SimFER (Table V)" if esr else "ESR and SimFER"
+        findings.append(Finding(WARNING, "affectnet", f"no AffectNet root: {trained} would be trained on the "
+                                "synthetic expression set, not on AffectNet as in the paper",
+                                fix="give -p affectnet_root DIR (AffectNet's training.csv, validation.csv and images)"
+                                    + ("" if esr else ", or at least -p esr_weights DIR (the official ESR-9 files)")))
     return findings
 
 
@@ -323,47 +321,23 @@ def check_esr_weights(folder: str | os.PathLike) -> list[Finding]:
     return []
 
 
-def affectnet_files(root: str | os.PathLike) -> tuple[list[Path], Path]:
-    """``([training.csv, validation.csv], image folder)`` of the AffectNet copy at ``root``, in the official layout
-    (``Manually_Annotated_file_lists/*.csv``, ``Manually_Annotated_Images/``) or with the CSVs in the root and the
-    archive unpacked in place (``Manually_Annotated/Manually_Annotated_Images/``). Raises FileNotFoundError naming
-    the root and the places looked in when the root, a CSV or the image folder is missing."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: AffectNet root not found (expected {AFFECTNET_CSV_FOLDER}/"
-                                f"{AFFECTNET_CSVS[0]}, {AFFECTNET_CSV_FOLDER}/{AFFECTNET_CSVS[1]} and "
-                                f"{AFFECTNET_IMAGE_FOLDER}/ in it)")
-    csvs = []
-    for name in AFFECTNET_CSVS:
-        places = [root / AFFECTNET_CSV_FOLDER / name, root / name]
-        found = next((p for p in places if p.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(f"{root}: AffectNet {name} not found (looked for "
-                                    + " and ".join(map(str, places)) + ")")
-        csvs.append(found)
-    places = [root / AFFECTNET_IMAGE_FOLDER, root / "Manually_Annotated" / AFFECTNET_IMAGE_FOLDER]
-    images = next((p for p in places if p.is_dir()), None)
-    if images is None:
-        raise FileNotFoundError(f"{root}: AffectNet image folder not found (looked for "
-                                + " and ".join(map(str, places)) + ")")
-    return csvs, images
-
-
 def check_affectnet(root: str | os.PathLike) -> list[Finding]:
-    """AffectNet's ``training.csv`` and ``validation.csv`` (:func:`affectnet_files`): readable, with the official
-    columns, usable rows, and their images on disk (:func:`emdlib.data.expressions.read_affectnet_csv`, the FER
-    stage's reader). A missing image is a warning (training drops and counts its row); no image at all is an error
-    (wrong folder)."""
+    """AffectNet's ``training.csv`` and ``validation.csv`` where the FER stage finds them
+    (:func:`emdlib.data.affectnet.affectnet_layout`): readable, with the official columns, usable rows, and their
+    images on disk (:func:`emdlib.data.expressions.read_affectnet_csv`, the stage's reader). A missing image is a
+    warning (training drops and counts its row); no image at all is an error (wrong folder)."""
+    from emdlib.data.affectnet import CSV_FOLDER, IMAGE_FOLDER, TRAINING_CSV, VALIDATION_CSV, affectnet_layout
     from emdlib.data.expressions import AFFECTNET_COLUMNS, read_affectnet_csv
 
     try:
-        csvs, images = affectnet_files(root)
+        layout = affectnet_layout(root)
     except FileNotFoundError as e:
         return [Finding(ERROR, "affectnet", str(e), None,
                         "give the AffectNet copy with -p affectnet_root DIR, in the official layout: "
-                        f"{AFFECTNET_CSV_FOLDER}/{{{','.join(AFFECTNET_CSVS)}}} and {AFFECTNET_IMAGE_FOLDER}/")]
+                        f"{CSV_FOLDER}/{TRAINING_CSV}, {CSV_FOLDER}/{VALIDATION_CSV} and {IMAGE_FOLDER}/")]
+    images = layout.images
     out: list[Finding] = []
-    for csv in csvs:
+    for csv in (layout.training_csv, layout.validation_csv):
         try:
             samples, counts = read_affectnet_csv(csv, images, check_files=False)
         except (FileNotFoundError, ValueError) as e:
@@ -375,7 +349,7 @@ def check_affectnet(root: str | os.PathLike) -> list[Finding]:
         if missing and len(missing) == len(samples):
             out.append(Finding(ERROR, "affectnet", f"{csv}: none of its {len(samples)} images is under {images} "
                                                    f"(first: {_first(str(p) for p in missing)})", None,
-                               f"the images must lie at {AFFECTNET_IMAGE_FOLDER}/<subDirectory_filePath>"))
+                               f"the images must lie at {IMAGE_FOLDER}/<subDirectory_filePath>"))
         elif missing:
             out.append(Finding(WARNING, "affectnet", f"{csv}: {len(missing)} of {len(samples)} images missing "
                                                      f"(first: {_first(str(p) for p in missing)}); their rows "
@@ -484,6 +458,6 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-__all__ = ["AFFECTNET_CSVS", "ERROR", "Finding", "SEVERITIES", "WARNING", "affectnet_files", "cache_bytes",
+__all__ = ["ERROR", "Finding", "SEVERITIES", "WARNING", "cache_bytes",
            "check_affectnet", "check_disk", "check_esr_weights", "check_fer_data", "check_ffpp", "check_imagenet",
            "check_study", "errors", "format_findings", "imagenet_models", "timm_weights_cached"]

@@ -1,4 +1,5 @@
-"""The ``emd`` command: ``synth``, ``forge``, ``prepare``, ``detect``, ``reproduce``, ``check``.
+"""The ``emd`` command: ``synth``, ``forge``, ``forge-affectnet``, ``prepare``, ``detect``, ``reproduce``,
+``check``.
 
 Each sub-command is a thin wrapper around a library function, so everything the command does can be called from a
 notebook too.
@@ -84,6 +85,15 @@ def _cmd_forge(args: argparse.Namespace) -> int:
     cfg = _data_config(args)
     summary = build_faces_world(Path(args.faces), Path(args.out), cfg, seed=args.seed)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _cmd_forge_affectnet(args: argparse.Namespace) -> int:
+    from emdlib.data.affectnet import write_affectnet
+
+    counts = write_affectnet(Path(args.out), Path(args.ckplus), Path(args.neutral), train_per_class=args.train,
+                             val_per_class=args.val, seed=args.seed)
+    sys.stdout.write(json.dumps(counts, indent=2) + "\n")
     return 0
 
 
@@ -227,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preset(p, default="faces")
     _add_size_overrides(p)
     p.set_defaults(func=_cmd_forge)
+
+    p = sub.add_parser("forge-affectnet", help="write a miniature AffectNet (official CSV layout) from CK+ crops "
+                                                "and neutral face photos")
+    p.add_argument("out", help="output folder (new or empty)")
+    p.add_argument("--ckplus", required=True, help="CK+ crops in class folders (anger, contempt, disgust, fear, "
+                                                  "happy, sadness, surprise)")
+    p.add_argument("--neutral", required=True, help="folder of neutral face photos, one person each")
+    p.add_argument("--train", type=int, default=12, help="training images per class (default %(default)s)")
+    p.add_argument("--val", type=int, default=4, help="validation images per class (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_forge_affectnet)
 
     p = sub.add_parser("prepare", help="sample frames, crop faces, build the face cache and manifest")
     p.add_argument("--root", required=True, help="data root in the FF++ layout")
@@ -375,6 +396,8 @@ CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
     "synth": [("out", _output_dir, "--out"), ("frames", _positive, "--frames"), ("size", _positive, "--size")],
     "forge": [("faces", _input_dir, "--faces"), ("out", _output_dir, "--out"), ("frames", _positive, "--frames"),
               ("size", _positive, "--size")],
+    "forge-affectnet": [("ckplus", _input_dir, "--ckplus"), ("neutral", _input_dir, "--neutral"),
+                        ("out", _output_dir, "OUT"), ("train", _positive, "--train"), ("val", _positive, "--val")],
     "prepare": [("root", _input_dir, "--root"), ("splits", _input_dir, "--splits"), ("cache", _output_dir, "--cache"),
                 ("workers", _positive, "--workers")],
     "detect": [("checkpoint", _checkpoint, "--checkpoint"), ("out", _output_dir, "--out"),

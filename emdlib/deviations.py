@@ -168,27 +168,39 @@ DEVIATIONS: tuple[Deviation, ...] = (
     # ----------------------------------------------------------------------------------------------- FER stream
     Deviation(
         "fer-data", "FER training data",
-        "§III-C/§IV-A: the FER stream is trained on AffectNet (eight expressions).",
-        "Without `esr_weights` the FER stage trains ESR and SimFER on the study's rendered expression set "
-        "(`expression_sets`), for every preset — AffectNet is not wired into the study yet (issue 13, "
-        "deliverable 2); with `esr_weights` the official ESR-9 (trained on AffectNet) is loaded, all ten files "
-        "required.",
-        "AffectNet is licensed and not redistributable; the embedded presets need a FER set that ships with the code.",
-        "Study parameter `esr_weights` (`emd reproduce -p esr_weights FOLDER`): the official ESR-9 weights.",
-        ("emdlib.study.fer.expression_sets", "emdlib.study.fer.ensure_fer_stream",
-         "emdlib.models.esr.load_official_esr")),
+        "§III-C/§IV-A: the FER stream is trained on AffectNet (eight expressions); which AffectNet split reports its "
+        "FER accuracy is not said (AffectNet's test set is not public).",
+        "With the study parameter `affectnet_root` the FER stage trains ESR and SimFER on the same AffectNet images "
+        "(`affectnet_sets`): the usable rows of `training.csv` for training (expressions 8–10 and unusable rows "
+        "dropped and counted), `validation.csv` for checkpoint selection and for the FER accuracy notebook 01 "
+        "reports, as the official ESR code does. With `esr_weights` the official ESR-9 (trained on AffectNet) is "
+        "loaded, all ten files required, and SimFER still trains on the study's data. Without `affectnet_root` "
+        "(`tiny`, `cpu`, `faces`, or `paper` when it is not given, with a warning) both train on the rendered synth "
+        "expression set. Run records (`fer_stream`) and the report name the data and checkpoints used.",
+        "AffectNet is licensed and not redistributable; the embedded presets need a FER set that ships with the "
+        "code. The validation set is the only public held-out AffectNet set.",
+        "Study parameter `affectnet_root` (`emd reproduce -p affectnet_root FOLDER`), or `esr_weights` for the "
+        "official ESR-9 weights.",
+        ("emdlib.study.fer.fer_data", "emdlib.study.fer.affectnet_sets", "emdlib.study.fer.ensure_fer_stream",
+         "emdlib.study.fer.fer_stream_record", "emdlib.models.esr.load_official_esr")),
     Deviation(
         "fer-schedule", "ESR training schedule",
         "§III-C takes ESR from Siqueira et al., whose official code grows the ensemble (base + branch 1 for 50 "
-        "epochs, then 20 per added branch, SGD 0.1/0.01; reference-facts §A.5).",
-        "The FER stage trains all branches jointly from the start for `fer.epochs` (`FERTrainConfig.from_preset`: "
-        "schedule `joint`), SGD with momentum 0.9 (`paper`, `faces`) or Adam at 1e-3 (`tiny`, `cpu`); validation "
-        "every epoch (official: every 2).",
+        "epochs, then 20 per added branch, SGD 0.1/0.01, StepLR(10, 0.5), batch 32, validation every 2 epochs, at "
+        "most 5,000 images per class re-sampled for each branch; reference-facts §A.5). SimFER's schedule is not "
+        "given.",
+        "`paper` uses the official schedule (`fer.schedule=\"grow\"`, `first_epochs` 50, `branch_epochs` 20, "
+        "`val_every` 2, `max_per_class` 5000); SimFER, which has no branches, trains for the first phase's 50 epochs "
+        "with the same optimiser and sample cap (*inferred*: the budget of the base + first branch that the official "
+        "schedule trains from scratch; by epoch 50 StepLR has cut the rate 16-fold). `tiny`, `cpu` and `faces` "
+        "train all branches jointly for `fer.epochs` (schedule `joint`), SGD with momentum 0.9 (`faces`) or Adam at "
+        "1e-3 (`tiny`, `cpu`), validating every epoch, on their whole (small) expression set.",
         "Joint training reaches a working ensemble in far fewer epochs on the small presets; Adam starts faster on "
         "small sets.",
-        "`FERTrainConfig(schedule=\"grow\")` in `emdlib.train_fer` (not yet a preset field); preset field "
-        "`fer.optimizer=\"sgd\"`.",
-        ("emdlib.train_fer.FERTrainConfig.schedule", "emdlib.train_fer.FERTrainConfig.from_preset",
+        "Preset fields `fer.schedule=\"grow\"`, `fer.first_epochs`, `fer.branch_epochs`, `fer.val_every`, "
+        "`fer.max_per_class` and `fer.optimizer=\"sgd\"` (e.g. `--set fer.schedule=grow`).",
+        ("emdlib.presets.FERConfig.schedule", "emdlib.presets.FERConfig.max_per_class",
+         "emdlib.train_fer.FERTrainConfig.from_preset", "emdlib.train_fer.class_capped_indices",
          "emdlib.presets.FERConfig.optimizer")),
     Deviation(
         "simfer", "SimFER's layers",

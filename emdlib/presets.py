@@ -54,16 +54,45 @@ class PrepareConfig:
     workers: int = 2
 
 
+#: FER training schedules (:class:`FERConfig`, :mod:`emdlib.train_fer`).
+FER_SCHEDULES: tuple[str, ...] = ("joint", "grow")
+
+
 @dataclass(frozen=True)
 class FERConfig:
-    """FER stream (paper §III-C): ESR with B branches, trained on the expression set (Eq. 1)."""
+    """FER stream (paper §III-C): ESR with B branches and SimFER, trained on the expression set (Eq. 1) — AffectNet
+    when the study has an ``affectnet_root``, else the rendered synth set — by :func:`emdlib.train_fer.train_fer`
+    (:meth:`emdlib.train_fer.FERTrainConfig.from_preset` reads every field but ``branches`` and ``esr_weights``).
+
+    ``schedule``: ``joint`` (all branches from the start for ``epochs``) or ``grow`` (the official ESR schedule,
+    reference-facts §A.5: ``first_epochs`` for base + branch 1 at ``lr``, then ``branch_epochs`` per added branch, the
+    newest at ``lr`` and the rest at ``later_lr``; SimFER, which has no branches, trains ``first_epochs``).
+    ``val_every``: validation interval in epochs (official 2); ``max_per_class``: a fresh sample of at most this many
+    training images per class for each phase (official 5000; None: all); ``workers``: data-loader processes.
+    """
 
     branches: int = 2
-    epochs: int = 2
+    epochs: int = 2  # joint schedule
     batch_size: int = 32
     lr: float = 0.1
     esr_weights: str | None = None  # folder with the official ESR-9 .pt files; skips training when given
     optimizer: str = "sgd"  # sgd (official, momentum 0.9) | adam; see emdlib.train_fer.FERTrainConfig
+    schedule: str = "joint"  # joint | grow (official)
+    first_epochs: int = 50  # grow: base + branch 1 (and SimFER)
+    branch_epochs: int = 20  # grow: each further branch
+    later_lr: float = 0.01  # grow: base and older branches after phase 1
+    val_every: int = 1
+    max_per_class: int | None = None
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in FER_SCHEDULES:
+            raise ValueError(f"fer.schedule {self.schedule!r}: choose one of {FER_SCHEDULES}")
+        for name in ("branches", "epochs", "first_epochs", "branch_epochs", "val_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fer.{name} {getattr(self, name)}: must be at least 1")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"fer.max_per_class {self.max_per_class}: must be at least 1, or null for all images")
 
 
 @dataclass(frozen=True)
@@ -136,7 +165,10 @@ PRESETS: dict[str, Preset] = {
         name="paper",
         data=DataConfig(world="ffpp", pairs=(360, 70, 70)),
         prepare=PrepareConfig(train_frames=200, eval_frames=10, crop_size=299, workers=8),
-        fer=FERConfig(branches=9, epochs=50),
+        # the official ESR schedule (reference-facts §A.5): 50 + 20 epochs per branch, SGD 0.9, lr 0.1 / 0.01,
+        # StepLR(10, 0.5), batch 32, validation every 2 epochs, <= 5000 images per class re-sampled per branch
+        fer=FERConfig(branches=9, epochs=50, schedule="grow", first_epochs=50, branch_epochs=20, lr=0.1,
+                      later_lr=0.01, val_every=2, max_per_class=5000, workers=8),
         emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, pretrained=True,
                       cells=_ALL_CELLS),
         note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",

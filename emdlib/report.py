@@ -76,6 +76,19 @@ def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def fer_data_line(study: Study, runs: pd.DataFrame) -> str:
+    """What the FER streams of the numbers were trained on: the ``fer_stream`` entries of the run records
+    (:func:`emdlib.study.fer.fer_stream_record`), else the FER stage's checkpoints on this machine, as one sentence
+    (:func:`emdlib.study.fer.describe_fer_streams`)."""
+    from emdlib.study.fer import FER_KINDS, describe_fer_streams, fer_checkpoint, fer_stream_record
+
+    paths = runs["path"].dropna().tolist() if "path" in runs else []
+    entries = [read_json(p).get("fer_stream") for p in paths]
+    if not any(entries):
+        entries = [fer_stream_record(study, k) for k in FER_KINDS if fer_checkpoint(study, k).is_file()]
+    return describe_fer_streams(entries)
+
+
 _FIG_NAMES = {f"fig{i}": f"Fig. {i}" for i in range(3, 8)}
 
 
@@ -152,7 +165,8 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
     out += ["## What this preset can and cannot show", ""]
     if preset.note:
         out += [f"> {preset.note}", ""]
-    out += [f"* {line}" for line in preset_scope(preset, runs)] + [""]
+    out += [f"* {line}" for line in preset_scope(preset, runs)]
+    out += [f"* **FER data:** {fer_data_line(study, runs)}.", ""]
     chance = chance_levels(paths.runs, runs)
     if len(chance):
         out += ["What trivial predictors score on the same test sets (`emdlib.stats.chance_levels`): always the "

@@ -10,9 +10,12 @@
     then, for each further branch, reload the best ensemble, add the branch and train ``branch_epochs`` with the
     newest branch at lr 0.1 and the base and older branches at 0.01; StepLR(10, 0.5) re-created every phase.
 
-  Both validate every ``val_every`` epochs and keep the state with the best validation **ensemble** (majority-vote)
-  accuracy (ties: the later one, as the official ``>=``). Augmentation is the official one
-  (:func:`fer_augmentation`).
+  Both validate on the first epoch of a phase and then every ``val_every`` epochs, and on its last epoch (official:
+  ``epoch % 2 == 0`` counted from 0, and the last), and keep the state with the best validation **ensemble**
+  (majority-vote) accuracy (ties: the later one, as the official ``>=``). Augmentation is the official one
+  (:func:`fer_augmentation`). With ``max_per_class`` each phase trains on a fresh class-capped sample of the
+  training set (official: at most 5,000 AffectNet images per class, re-sampled for each new branch;
+  :func:`class_capped_indices`).
 * :func:`evaluate` — per-branch accuracy, ensemble accuracy (Eq. 4 vote) and the ensemble confusion matrix.
 * Checkpoints go through :mod:`emdlib.registry` (:func:`~emdlib.registry.save_fer_stream`, read back with
   :func:`~emdlib.registry.model_from_checkpoint`); the study's FER stage is :mod:`emdlib.study.fer`.
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 # tqdm.asyncio, not tqdm.auto: plain-text bars, never ipywidgets (which executed notebooks cannot show outside
 # Jupyter). Not plain tqdm either: the asyncio variant (which tqdm.auto also builds on) makes one iterator of the
 # DataLoader when the bar is created, and that iterator draws from the loader's seeded generator; the shuffle order
@@ -44,12 +47,12 @@ from tqdm.asyncio import tqdm
 
 from emdlib.data.expressions import EXPRESSIONS
 from emdlib.models.esr import ESR, FERStream, ensemble_vote_from_logits
-from emdlib.presets import FERConfig
+from emdlib.presets import FER_SCHEDULES, FERConfig
 from emdlib.registry import save_fer_stream
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("joint", "grow")
+SCHEDULES = FER_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class FERTrainConfig:
     lr_step: int = 10  # StepLR step (epochs)
     lr_gamma: float = 0.5
     val_every: int = 1  # official: 2
+    max_per_class: int | None = None  # official: 5000, a new sample per phase (None: the whole training set)
     augment: bool = True
     num_workers: int = 0
     seed: int = 0
@@ -79,12 +83,21 @@ class FERTrainConfig:
             raise ValueError(f"unknown FER schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'sgd' or 'adam'")
+        if self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {self.val_every}")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError(f"max_per_class must be >= 1 or None, got {self.max_per_class}")
 
     @classmethod
     def from_preset(cls, fer: FERConfig, **overrides: Any) -> "FERTrainConfig":
-        """From a preset's :class:`emdlib.presets.FERConfig`: epochs, batch size, learning rate and optimiser; the
-        other fields keep their defaults (schedule ``joint``, augmentation on, seed 0)."""
-        base = {"epochs": fer.epochs, "batch_size": fer.batch_size, "lr": fer.lr, "optimizer": fer.optimizer}
+        """From a preset's :class:`emdlib.presets.FERConfig`: schedule, epochs (``epochs``; ``first_epochs`` and
+        ``branch_epochs`` of ``grow``), batch size, learning rates, optimiser, validation interval, class cap and
+        loader workers; the other fields keep their defaults (momentum 0.9, StepLR(10, 0.5), augmentation on,
+        seed 0). ``overrides`` replace any field."""
+        base = {"schedule": fer.schedule, "epochs": fer.epochs, "first_epochs": fer.first_epochs,
+                "branch_epochs": fer.branch_epochs, "batch_size": fer.batch_size, "lr": fer.lr,
+                "later_lr": fer.later_lr, "optimizer": fer.optimizer, "val_every": fer.val_every,
+                "max_per_class": fer.max_per_class, "num_workers": fer.workers}
         return cls(**{**base, **overrides})
 
 
@@ -125,6 +138,39 @@ def _outputs(model: FERStream, x: torch.Tensor, branches: Sequence[int] | None) 
     if branches is not None and isinstance(model, ESR):
         return model.branch_outputs(x, branches)[1]
     return model(x)
+
+
+def class_capped_indices(labels: Sequence[int] | np.ndarray, max_per_class: int,
+                         seed: int | Sequence[int] = 0) -> np.ndarray:
+    """Indices of a sample with at most ``max_per_class`` items of each class, drawn without replacement (a class
+    with fewer items is taken whole); sorted. Official ESR training (reference-facts §A.5): at most 5,000 AffectNet
+    images per class, a new random sample for each new branch.
+
+    ``labels``: ``(N,)`` class indices; ``seed`` (an int or a sequence of ints) seeds a NumPy generator of its own
+    (torch's RNG is not touched).
+    Raises ValueError for ``max_per_class < 1``.
+    """
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def _phase_sample(train_set: Dataset, cfg: FERTrainConfig, phase: int) -> Dataset:
+    """The training data of one phase: ``train_set`` itself, or a class-capped sample (``cfg.max_per_class``) drawn
+    with seed ``(cfg.seed, phase)``. The dataset must expose ``labels`` (e.g. :class:`ExpressionDataset`)."""
+    if cfg.max_per_class is None:
+        return train_set
+    labels = getattr(train_set, "labels", None)
+    if labels is None:
+        raise ValueError(f"max_per_class={cfg.max_per_class} needs a training set with `labels` "
+                         f"(an ExpressionDataset), got {type(train_set).__name__}")
+    idx = class_capped_indices(labels, cfg.max_per_class, seed=(cfg.seed, phase))
+    log.info("FER phase %d: %d of %d training images (at most %d per class)", phase, len(idx), len(labels),
+             cfg.max_per_class)
+    return Subset(train_set, idx.tolist())
 
 
 def _loader(data: Dataset | DataLoader, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0):
@@ -211,7 +257,7 @@ def _train_epochs(
         row = {"phase": phase, "epoch": epoch + 1, "train_loss": total / max(seen, 1),
                "train_ensemble_accuracy": hits / max(seen, 1), "seconds": time.time() - t0}
         last = epoch + 1 == epochs
-        if val is not None and ((epoch + 1) % cfg.val_every == 0 or last):
+        if val is not None and (epoch % cfg.val_every == 0 or last):  # official: epoch % 2 == 0 (from 0), or last
             m = evaluate(model, val, cfg.batch_size, device, branches)
             row.update(val_loss=m["loss"], val_ensemble_accuracy=m["ensemble_accuracy"],
                        val_branch_accuracy=m["branch_accuracy"])
@@ -250,8 +296,15 @@ def train_fer(
         restore_transform = True
     t0 = time.time()
     history: list[dict] = []
+    n_seen: list[int] = []
+
+    def phase_loader(phase: int) -> DataLoader:
+        data = _phase_sample(train_set, cfg, phase)
+        n_seen.append(len(data))
+        return _loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.num_workers)
+
     try:
-        train = _loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.num_workers)
+        train = phase_loader(1)
         if cfg.schedule == "joint" or not isinstance(model, ESR) or model.num_branches == 1:
             epochs = cfg.epochs if cfg.schedule == "joint" else cfg.first_epochs
             opt = _optimizer(model.parameters(), cfg)
@@ -259,6 +312,8 @@ def train_fer(
         else:
             state, best = None, None
             for k in range(1, model.num_branches + 1):
+                if k > 1 and cfg.max_per_class is not None:
+                    train = phase_loader(k)  # official: a new class-capped sample for each new branch
                 if state is not None:
                     model.load_state_dict(state)  # the best ensemble so far (official: reload, then add a branch)
                 active = list(range(k))
@@ -286,6 +341,7 @@ def train_fer(
         "history": history,
         "train_seconds": time.time() - t0,
         "n_train": len(train_set),
+        "n_train_per_phase": n_seen,
         "n_val": len(val_set) if val_set is not None else 0,
     }
     if checkpoint is not None:

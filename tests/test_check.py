@@ -90,6 +90,9 @@ def test_complete_inputs_report_nothing(inputs, tmp_path):
     study = paper_study(tmp_path, inputs["ffpp"], esr_weights=inputs["esr"], imagenet_weights=inputs["imagenet"],
                         affectnet_root=inputs["affectnet"])
     assert check_study(study) == []
+    esr_only = check.check_fer_data(paper_study(tmp_path, inputs["ffpp"], esr_weights=inputs["esr"]))
+    assert problems(esr_only, WARNING) == ["no AffectNet root: SimFER (Table V) would be trained on the synthetic "
+                                           "expression set, not on AffectNet as in the paper"]
     assert check.format_findings([]) == "no problems found"
 
 
@@ -121,8 +124,8 @@ def test_each_missing_or_broken_video_mask_and_id_is_named(inputs, ffpp, tmp_pat
     assert "-d original -c c40 -t videos" in missing_c40.fix
     assert problems(findings, WARNING) == [
         "the split files hold 1/1/2 train/val/test pairs; the preset expects 1/1/1",
-        "no AffectNet root and no ESR-9 weights: the FER stream would be trained on the synthetic expression set, "
-        "not on AffectNet as in the paper"]
+        "no AffectNet root: ESR and SimFER would be trained on the synthetic expression set, not on AffectNet as in "
+        "the paper"]
 
 
 def test_a_missing_compression_folder_is_one_finding(inputs, ffpp, tmp_path):

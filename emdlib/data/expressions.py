@@ -144,6 +144,10 @@ def read_affectnet_csv(
     ``face_y`` = row) is cropped at load time; the official pre-processing swaps x and y (reference-facts §A.4), we
     do not.
 
+    A CSV without a header row (its first field an image path) whose rows have the nine official fields is read in
+    the official column order (:data:`AFFECTNET_COLUMNS`; AffectNet's ``validation.csv`` is commonly distributed
+    without one).
+
     Raises ``FileNotFoundError`` (CSV or image folder absent) or ``ValueError`` naming the CSV: not a CSV, empty, no
     data rows, a required column missing, or no usable row at all.
     """
@@ -161,6 +165,14 @@ def read_affectnet_csv(
     except Exception as e:
         raise ValueError(f"{csv_path}: not a readable CSV ({e})") from e
     needed = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression"]
+    first_line = 2  # CSV line of the first data row (1-based, after the header)
+    first = str(df.columns[0]) if len(df.columns) else ""
+    looks_like_data = "/" in first or Path(first).suffix.lower() in IMAGE_SUFFIXES  # an image path, not a name
+    if looks_like_data and len(df.columns) == len(AFFECTNET_COLUMNS) and not set(AFFECTNET_COLUMNS) & set(df.columns):
+        # no header row: the first line is data; read again in the official column order
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, header=None, names=list(AFFECTNET_COLUMNS))
+        log.info("%s: no header row; columns read in the official order %s", csv_path, list(AFFECTNET_COLUMNS))
+        first_line = 1
     absent = [c for c in needed if c not in df.columns]
     if absent:
         raise ValueError(f"{csv_path}: missing AffectNet columns {absent} (found {list(df.columns)})")
@@ -176,7 +188,7 @@ def read_affectnet_csv(
 
     samples = []
     for i, r in enumerate(df.itertuples(index=False)):
-        line = i + 2  # 1-based, after the header
+        line = i + first_line
         code = _integer(r.expression)
         if code is None or not 0 <= code <= max(AFFECTNET_NON_EXPRESSIONS):
             drop("bad_expression", line, f"expression {r.expression!r}")

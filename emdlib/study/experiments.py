@@ -13,6 +13,7 @@ Fig. 6 (:func:`training_size_plan`, :func:`training_size_runs`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -176,6 +177,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     else:
         pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
     from emdlib.metrics import evaluate
+    from emdlib.study.fer import fer_stream_record
 
     metrics = evaluate(pred)
     save_predictions(paths.runs / name, pred)
@@ -188,6 +190,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
                      extra={"system": system, "method": method, "compression": compression,
                             "n_train_videos": n_train_videos, "best_epoch": train_info.get("best_epoch"),
                             "initial_weights": initial_weights(study.preset, spec), "recipe": recipe.summary(),
+                            "fer_stream": fer_stream_record(study, spec.fer),
                             "history": train_info.get("history", [])},
                      preset=study.name)
     _drop_training_state(paths.run_checkpoints / name)
@@ -248,9 +251,9 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     from emdlib.train import fit, predict
 
     model, spec = build_system(study, system)
-    cfg = train_config(system, study.preset, seed)
+    cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device)
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
-    pred = predict(model, sets["test"], batch_size=cfg.batch_size, seed=seed)
+    pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed)
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
             "history": summary.get("history", [])}
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")

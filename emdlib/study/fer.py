@@ -1,10 +1,15 @@
-"""The FER-stream stage (notebook 01, paper §III-C): the study's ESR and SimFER, trained on the expression set or
-loaded from the official ESR-9 files, saved as ``checkpoints/esr.safetensors`` and ``checkpoints/simfer.safetensors``.
+"""The FER-stream stage (notebook 01, paper §III-C): the study's ESR and SimFER, trained on one expression set or
+(ESR) loaded from the official ESR-9 files, saved as ``checkpoints/esr.safetensors`` and
+``checkpoints/simfer.safetensors``.
 
-:func:`ensure_fer_streams` makes them (idempotent: a checkpoint that fits the preset is reused); the experiments
-load them with :func:`load_fer_stream`, which never trains: a missing or mismatched checkpoint is an error naming
-the notebook or command that makes it (issue 12: an EMD cell no longer renders data and trains a FER stream inside
-itself).
+The expression set (:func:`fer_data`) is AffectNet when the study has an ``affectnet_root`` (:func:`affectnet_sets`:
+train on ``training.csv``, select and report on ``validation.csv``), else the rendered synth set (:func:`synth_sets`);
+ESR and SimFER train on the same images, with the preset's schedule (``paper``: the official branch-growing one).
+:func:`ensure_fer_streams` makes them (idempotent: a checkpoint that fits the preset and the data is reused); the
+experiments load them with :func:`load_fer_stream`, which never trains: a missing or mismatched checkpoint is an
+error naming the notebook or command that makes it (issue 12: an EMD cell no longer renders data and trains a FER
+stream inside itself). Each checkpoint records its ``source`` and ``data``; :func:`fer_stream_record` puts them into
+every run record and :func:`describe_fer_streams` into the report.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,22 @@ def fer_spec(study: Study, kind: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ expression set
 
+#: The name of the rendered synth expression set in data descriptions (records, report).
+SYNTH_SET = "synth expression set"
+#: How the FER data is described when the ESR is the official ESR-9 (trained by Siqueira et al. on AffectNet).
+OFFICIAL_DATA: dict[str, Any] = {"name": "AffectNet (official ESR-9 weights, Siqueira et al., AAAI 2020)"}
+
+
+@dataclass(frozen=True)
+class FERData:
+    """The FER stage's expression data: ``sets`` (``train``, ``val``, ``test`` :class:`ExpressionDataset` s) and
+    ``description`` (plain data for checkpoints, run records and the report: ``name``, ``root``, image counts and,
+    for AffectNet, the rows kept and dropped per CSV)."""
+
+    sets: dict[str, ExpressionDataset]
+    description: dict[str, Any]
+
+
 def ensure_expression_set(study: Study) -> dict[str, int]:
     """Render the preset's synth expression set (the AffectNet stand-in) unless complete; images per class."""
     from emdlib.data.synth import render_expression_set
@@ -80,22 +102,98 @@ def expression_splits(root: str | os.PathLike, by_subject: bool = False,
     return {k: ExpressionDataset(v, size=size, preload=True) for k, v in parts.items()}
 
 
-def expression_sets(study: Study) -> dict[str, ExpressionDataset]:
-    """The study's expression set (rendered when missing) split 70/15/15 per class with the preset's seed."""
+def affectnet_sets(root: str | os.PathLike) -> FERData:
+    """AffectNet as the FER stage uses it (paper §III-C, the official ESR protocol of reference-facts §A.5).
+
+    ``train``: the usable rows of ``training.csv`` (expressions 0–7; read lazily from disk, since AffectNet has
+    ~290k of them; the trainer draws its per-phase class-capped sample, ``fer.max_per_class``). ``val`` and
+    ``test``: the same dataset, ``validation.csv`` (preloaded once): the official code selects the checkpoint on
+    the validation set and AffectNet's test set is not public, so the FER accuracies the stage reports are on the
+    validation set that also chose the checkpoint, as Siqueira et al. report theirs. Layout:
+    :func:`emdlib.data.affectnet.affectnet_layout`; rows: :func:`emdlib.data.expressions.read_affectnet_csv`
+    (which raises ValueError naming the CSV for a missing column or no usable row).
+    """
+    from emdlib.data.affectnet import affectnet_layout
+    from emdlib.data.expressions import read_affectnet_csv
+
+    layout = affectnet_layout(root)
+    train, train_counts = read_affectnet_csv(layout.training_csv, layout.images)
+    val, val_counts = read_affectnet_csv(layout.validation_csv, layout.images)
+    val_set = ExpressionDataset(val, preload=True)
+    description = {
+        "name": "AffectNet", "root": str(layout.root),
+        "training_csv": str(layout.training_csv), "validation_csv": str(layout.validation_csv),
+        "kept": {"train": train_counts["kept"], "val": val_counts["kept"]},
+        "dropped": {part: {k: v for k, v in c.items() if k not in ("rows", "kept")}
+                    for part, c in (("train", train_counts), ("val", val_counts))},
+        "test": "validation.csv (AffectNet's test set is not public; it also selects the checkpoint)",
+    }
+    return FERData({"train": ExpressionDataset(train), "val": val_set, "test": val_set}, description)
+
+
+def synth_sets(study: Study) -> FERData:
+    """The study's synth expression set (rendered when missing) split 70/15/15 per class with the preset's seed."""
     ensure_expression_set(study)
-    return expression_splits(study.paths.expressions, seed=study.preset.data.seed)
+    seed = study.preset.data.seed
+    sets = expression_splits(study.paths.expressions, seed=seed)
+    return FERData(sets, _synth_description(study, {k: len(v) for k, v in sets.items()}))
+
+
+def _synth_description(study: Study, images: dict[str, int] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": SYNTH_SET, "root": str(study.paths.expressions)}
+    if images is not None:
+        out["images"] = images
+        out["split"] = f"stratified 70/15/15 per class, seed {study.preset.data.seed}"
+    return out
+
+
+def fer_data(study: Study) -> FERData:
+    """The FER stage's data: AffectNet when the study has an AffectNet root (``affectnet_root``,
+    :func:`affectnet_sets`), else the synth expression set (:func:`synth_sets`). ESR and SimFER train on the same
+    images either way, so Table V compares the two FER architectures on the same data."""
+    root = getattr(study.paths, "affectnet", None)
+    if root is not None:
+        return affectnet_sets(root)
+    if study.preset.data.world == "ffpp":
+        log.warning("preset %r without an AffectNet root: the FER stage trains on the %s, not on AffectNet as the "
+                    "paper (pass affectnet_root, or esr_weights for ESR)", study.name, SYNTH_SET)
+    return synth_sets(study)
+
+
+def expression_sets(study: Study) -> dict[str, ExpressionDataset]:
+    """The FER stage's ``train`` / ``val`` / ``test`` sets (:func:`fer_data`)."""
+    return fer_data(study).sets
 
 
 # ---------------------------------------------------------------------------------------------------- the stage
 
-def ensure_fer_stream(study: Study, kind: str, sets: dict[str, ExpressionDataset] | None = None,
+def _same_data(recorded: dict[str, Any] | None, study: Study, want: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recorded data (None: made before the data was recorded, i.e. on the synth set) is the
+    data the stage would train on now: same name and root, and for AffectNet the same rows kept."""
+    recorded = recorded or _synth_description(study)
+    keys = ("name", "root", "kept") if "kept" in want else ("name", "root")
+    return all(recorded.get(k) == want.get(k) for k in keys)
+
+
+def _wanted_data(study: Study) -> dict[str, Any]:
+    """The identity of the data :func:`fer_data` would use (without loading it)."""
+    root = getattr(study.paths, "affectnet", None)
+    if root is None:
+        return _synth_description(study)
+    from emdlib.data.affectnet import affectnet_layout
+
+    return {"name": "AffectNet", "root": str(affectnet_layout(root).root)}
+
+
+def ensure_fer_stream(study: Study, kind: str, data: FERData | None = None,
                       retrain: bool = False) -> tuple[FERStream, dict[str, Any]]:
     """One FER stream of the study: the official ESR-9 weights when the study has ``esr_weights`` (ESR), else its
-    checkpoint when it exists and fits the preset (:func:`fer_spec`), else trained now on the expression set
-    (:func:`emdlib.train_fer.train_fer`, Eq. 1) and saved.
+    checkpoint when it exists and fits the preset (:func:`fer_spec`) and the data (:func:`fer_data`: same set, same
+    root), else trained now on that data (:func:`emdlib.train_fer.train_fer`, Eq. 1, the preset's schedule) and
+    saved; the checkpoint's metadata records ``source`` and ``data`` (:func:`fer_stream_record` reads them).
 
-    ``sets``: the expression splits (default :func:`expression_sets`). Returns ``(model in eval mode, info)``;
-    ``info["source"]`` is ``"official"``, ``"checkpoint"`` or ``"trained"``.
+    ``data``: the expression data (default :func:`fer_data`). Returns ``(model in eval mode, info)``;
+    ``info["source"]`` is ``"official"``, ``"checkpoint"`` or ``"trained"`` and ``info["data"]`` describes the data.
     """
     checkpoint = fer_checkpoint(study, kind)
     want = fer_spec(study, kind)
@@ -106,27 +204,115 @@ def ensure_fer_stream(study: Study, kind: str, sets: dict[str, ExpressionDataset
         report = load_official_esr(model, study.preset.fer.esr_weights)
         info = {"source": "official", "folder": str(study.preset.fer.esr_weights),
                 "loaded": [p.name for p in report.loaded]}
-        save_fer_stream(checkpoint, model, {"source": info})
-        return model.eval(), info
+        save_fer_stream(checkpoint, model, {"source": info, "data": OFFICIAL_DATA})
+        return model.eval(), {**info, "data": OFFICIAL_DATA}
     if checkpoint.is_file() and not retrain:
         model, meta = model_from_checkpoint(checkpoint)
-        if meta.get("model") == want:
+        wanted_data = data.description if data is not None else _wanted_data(study)
+        if meta.get("model") == want and _same_data(meta.get("data"), study, wanted_data):
             log.info("%s: using the existing %s checkpoint", checkpoint, kind)
-            return model, {"source": "checkpoint", "checkpoint": str(checkpoint), "metrics": meta.get("metrics")}
-        log.info("%s: checkpoint is %s, wanted %s: retraining", checkpoint, meta.get("model"), want)
-    sets = sets if sets is not None else expression_sets(study)
-    cfg = FERTrainConfig.from_preset(study.preset.fer)
+            return model, {"source": "checkpoint", "checkpoint": str(checkpoint), "metrics": meta.get("metrics"),
+                           "data": meta.get("data") or _synth_description(study)}
+        log.info("%s: checkpoint is %s on %s, wanted %s on %s: retraining", checkpoint, meta.get("model"),
+                 (meta.get("data") or {}).get("name", SYNTH_SET), want, wanted_data.get("name"))
+    data = data if data is not None else fer_data(study)
+    device = getattr(study, "device", None)
+    cfg = FERTrainConfig.from_preset(study.preset.fer, **({"device": device} if device else {}))
     torch.manual_seed(cfg.seed)
     model = build_model(want["name"], **want["kwargs"])
-    summary = train_fer(model, sets["train"], sets["val"], cfg, checkpoint=checkpoint)
-    return model.eval(), {"source": "trained", **summary}
+    summary = train_fer(model, data.sets["train"], data.sets["val"], cfg, checkpoint=checkpoint,
+                        extra_meta={"source": {"source": "trained"}, "data": data.description})
+    return model.eval(), {"source": "trained", **summary, "data": data.description}
 
 
-def ensure_fer_streams(study: Study, sets: dict[str, ExpressionDataset] | None = None
+def ensure_fer_streams(study: Study, data: FERData | None = None
                        ) -> dict[str, tuple[FERStream, dict[str, Any]]]:
-    """The whole FER stage: :func:`ensure_fer_stream` for ESR then SimFER (``{kind: (model, info)}``)."""
-    sets = sets if sets is not None else expression_sets(study)
-    return {kind: ensure_fer_stream(study, kind, sets) for kind in FER_KINDS}
+    """The whole FER stage: :func:`ensure_fer_stream` for ESR then SimFER on the same data (``{kind: (model,
+    info)}``). The data is loaded only when a stream has to be trained."""
+    out = {}
+    for kind in FER_KINDS:
+        need = data is None and not (kind == "ESR" and study.preset.fer.esr_weights) and not _reusable(study, kind)
+        if need:
+            data = fer_data(study)
+        out[kind] = ensure_fer_stream(study, kind, data)
+    return out
+
+
+def _reusable(study: Study, kind: str) -> bool:
+    """Whether :func:`ensure_fer_stream` would reuse the checkpoint of ``kind`` (read from its metadata only)."""
+    from emdlib.checkpoint import load_meta
+
+    checkpoint = fer_checkpoint(study, kind)
+    if not checkpoint.is_file():
+        return False
+    try:
+        meta = load_meta(checkpoint)
+    except (OSError, ValueError):  # unreadable: ensure_fer_stream loads it and raises the error that names it
+        return False
+    return meta.get("model") == fer_spec(study, kind) and _same_data(meta.get("data"), study, _wanted_data(study))
+
+
+# ---------------------------------------------------------------------------------------------- what a run used
+
+def fer_stream_record(study: Study, kind: str | None) -> dict[str, Any] | None:
+    """The compact ``fer_stream`` entry of a run record: which FER stream ``kind`` (``"ESR"``, ``"SimFER"``; None
+    for a system without one → None) the run loaded — ``source`` (``trained`` by the FER stage or ``official``
+    ESR-9 weights), ``data`` (name, root and, for AffectNet, rows kept and dropped), the checkpoint and its sha256.
+    Read from the checkpoint's metadata (:func:`emdlib.checkpoint.load_meta`, which checks the sha256); raises
+    FileNotFoundError naming the notebook that makes a missing checkpoint."""
+    if kind is None:
+        return None
+    from emdlib.checkpoint import load_meta
+
+    checkpoint = fer_checkpoint(study, kind)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: the {kind} FER stream of preset {study.name!r} is missing; make it "
+                                "with " + MAKES_FER.format(preset=study.name))
+    meta = load_meta(checkpoint)
+    source = meta.get("source")
+    data = meta.get("data") or _synth_description(study)
+    return {"kind": kind, "model": meta.get("model"),
+            "source": source.get("source", "trained") if isinstance(source, dict) else "trained",
+            "data": {k: v for k, v in data.items() if k in ("name", "root", "kept", "dropped", "images")},
+            "checkpoint": str(checkpoint), "checkpoint_sha256": meta.get("sha256")}
+
+
+def describe_fer_streams(entries: Sequence[dict[str, Any] | None]) -> str:
+    """One sentence naming the FER data and weights of ``entries`` (``fer_stream`` entries of run records,
+    :func:`fer_stream_record`): e.g. "ESR (trained here, checkpoint sha256 1a2b3c4d5e6f…) and SimFER (…) on
+    AffectNet at /data/affectnet (training.csv: 287,651 rows kept, 126,148 dropped; validation.csv: 4,000 kept,
+    1,500 dropped)". Several data sets (runs made at different times) are listed one after another."""
+    seen: dict[tuple, list[str]] = {}
+    for e in entries:
+        if not e:
+            continue
+        data = e.get("data") or {}
+        key = (data.get("name"), data.get("root"), _counts_text(data))
+        sha = str(e.get("checkpoint_sha256") or "")[:12]
+        who = f"{e.get('kind')} ({'official weights' if e.get('source') == 'official' else 'trained here'}" + \
+              (f", checkpoint sha256 {sha}…)" if sha else ")")
+        if who not in seen.setdefault(key, []):
+            seen[key].append(who)
+    if not seen:
+        return "not recorded (no run record names its FER stream, and no FER checkpoint of the study is here)"
+    parts = []
+    for (name, root, counts), who in seen.items():
+        where = f" at `{root}`" if root and name != OFFICIAL_DATA["name"] else ""
+        name = f"the {name}" if name == SYNTH_SET else name
+        parts.append(f"{' and '.join(who)} on {name}{where}{f' ({counts})' if counts else ''}")
+    return "; ".join(parts)
+
+
+def _counts_text(data: dict[str, Any]) -> str:
+    kept, dropped = data.get("kept"), data.get("dropped")
+    if isinstance(kept, dict):
+        csv = {"train": "training.csv", "val": "validation.csv"}
+        return "; ".join(f"{csv.get(part, part)}: {n:,} rows kept, "
+                         f"{sum((dropped or {}).get(part, {}).values()):,} dropped" for part, n in kept.items())
+    images = data.get("images")
+    if isinstance(images, dict):
+        return ", ".join(f"{n:,} {part}" for part, n in images.items()) + " images"
+    return ""
 
 
 def load_fer_stream(study: Study, kind: str) -> FERStream:
