@@ -1,4 +1,5 @@
-"""The ``emd`` command: ``synth``, ``forge``, ``forge-affectnet``, ``prepare``, ``detect``, ``reproduce``.
+"""The ``emd`` command: ``synth``, ``forge``, ``forge-affectnet``, ``prepare``, ``detect``, ``reproduce``,
+``check``.
 
 Each sub-command is a thin wrapper around a library function, so everything the command does can be called from a
 notebook too.
@@ -109,6 +110,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0 if summary.get("ok_frames", 0) > 0 else 1
 
 
+def _raw_parameters(pairs: Sequence[Sequence[str]] | None) -> dict[str, str]:
+    """``-p NAME VALUE`` pairs as ``{name: text}``; a name given twice is a usage error."""
+    raw: dict[str, str] = {}
+    for name, value in pairs or []:
+        if name in raw:
+            raise UsageError(f"-p {name} is given twice ({raw[name]!r} and {value!r})")
+        raw[name] = value
+    return raw
+
+
 def settings_options(args: argparse.Namespace) -> dict[str, object]:
     """The typed preset settings of ``--config FILE`` then ``--set KEY=VALUE`` (a ``--set`` wins over the file)."""
     from emdlib.presets import parse_set_options, read_settings_file
@@ -130,11 +141,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from emdlib.reproduce import reproduce
 
-    raw: dict[str, str] = {}
-    for name, value in args.param or []:
-        if name in raw:
-            raise UsageError(f"-p {name} is given twice ({raw[name]!r} and {value!r})")
-        raw[name] = value
+    raw = _raw_parameters(args.param)
     # parameter names and values, and the settings, are checked before the first notebook runs
     timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only,
                         notebook_dir=args.notebooks, raw_parameters=raw, settings=settings_options(args),
@@ -142,6 +149,32 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     for name, seconds in timings.items():
         sys.stdout.write(f"{name}: {seconds:.1f} s\n")
     return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """``emd check``: the study ``emd reproduce`` would open with the same options, checked (:mod:`emdlib.check`)."""
+    from emdlib.check import check_study, errors, format_findings
+    from emdlib.reproduce import open_study, select_notebooks
+
+    # -p is typed by every notebook's declarations and relative paths are taken here, as for reproduce
+    study, _ = open_study(args.preset, args.data_root, args.results, select_notebooks(None),
+                          _raw_parameters(args.param), settings=settings_options(args))
+    findings = check_study(study, decode=not args.no_decode)
+    sys.stdout.write(f"emd check --preset {study.name}: FF++ {study.paths.world}, splits {study.paths.splits}\n")
+    sys.stdout.write(format_findings(findings) + "\n")
+    return EXIT_FAILED if errors(findings) else EXIT_OK
+
+
+CHECK_EPILOG = """\
+Lists what the study would find missing or malformed: the FF++ layout, split files, c23/c40 videos and masks (a
+sample of each folder decoded), AffectNet CSVs and images, the ESR-9 files, ImageNet weights, and the free disk
+space for the face cache. Each finding names the file or folder and how to fix it.
+
+exit status:
+  0  no errors (warnings may be listed)
+  1  errors were found
+  2  usage error: an unknown -p name, a value not of the declared type, an output folder that cannot be written
+"""
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -255,11 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p)
     _add_preset(p)
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("check", help="preflight: list what a study's inputs lack, in seconds, before reproduce",
+                       description="Check the inputs of the study that `emd reproduce` would run with the same "
+                                   "options, without running anything.",
+                       epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
+    p.add_argument("--results", default="results", help="results root (default ./results)")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="study parameter, as for emd reproduce: -p ffpp_root DIR, -p splits_dir DIR, "
+                        "-p affectnet_root DIR, -p esr_weights DIR, -p imagenet_weights PATH, ...")
+    p.add_argument("--no-decode", action="store_true", help="do not decode a sample video of each folder")
+    _add_settings(p)
+    _add_preset(p, default="paper")
+    p.set_defaults(func=_cmd_check)
     parser.description = "\n\n".join(__doc__.split("\n\n")[:2])  # the rest is for readers of the code
     parser.epilog = EXIT_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for name, sp in sub.choices.items():
-        if name != "detect":  # detect's own epilog has its exit statuses
+        if name not in ("detect", "check"):  # their own epilogs have their exit statuses
             sp.epilog, sp.formatter_class = EXIT_EPILOG, argparse.RawDescriptionHelpFormatter
     return parser
 
@@ -357,6 +404,7 @@ CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
                ("batch_size", _positive, "--batch-size"), ("device", _device, "--device")],
     "reproduce": [("notebooks", _input_dir, "--notebooks"), ("results", _output_dir, "--results"),
                   ("data_root", _output_dir, "--data-root")],
+    "check": [("results", _output_dir, "--results"), ("data_root", _output_dir, "--data-root")],
 }
 
 

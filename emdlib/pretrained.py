@@ -129,11 +129,19 @@ def create_timm_model(name: str, weights: bool | str | os.PathLike | None = Fals
                                f"({type(e).__name__}: {e}). " + offline_help(name)) from e
     path = weights_file(weights, name)
     state = read_weights_file(path)
+    keys = set(state)  # timm pops the classifier from the dict it is given
     try:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state), **kwargs)
     except Exception as e:
         raise ValueError(f"{path}: does not hold ImageNet weights for timm model {name!r} "
                          f"({type(e).__name__}: {e})") from e
+    # timm loads non-strictly when the number of classes changes (num_classes=0 for EMD's encoder): a file of
+    # another network would leave the model at random initialisation without an error
+    own = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in keys]
+    if missing:
+        raise ValueError(f"{path}: does not hold ImageNet weights for timm model {name!r} ({len(missing)} of its "
+                         f"{len(own)} tensors are not in the file, e.g. {', '.join(missing[:3])})")
     log.info("%s: ImageNet weights loaded into %s", path, name)
     return model
 

@@ -361,6 +361,37 @@ def _one_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def open_study(
+    preset: str,
+    data_root: str | Path,
+    results_root: str | Path,
+    selected: Sequence[Path],
+    raw_parameters: Mapping[str, str] | None = None,
+    extra_parameters: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[Study, dict[str, dict[str, Any]]]:
+    """The study that ``emd reproduce`` runs with these options, and the extra parameters of each ``selected``
+    notebook (:func:`resolve_parameters`). Those named in :data:`emdlib.study.STUDY_OVERRIDES` open the study;
+    relative paths among them (and in path ``settings``), and ``data_root`` / ``results_root``, are taken in the
+    directory this runs in. Raises :class:`ParameterError` as :func:`resolve_parameters`, and for settings given
+    both with ``-p settings`` and ``settings``."""
+    extras = resolve_parameters(selected, raw_parameters, extra_parameters)
+    overrides = {k: v for given in extras.values() for k, v in given.items() if k in STUDY_OVERRIDES}
+    if settings:
+        if overrides.get("settings"):
+            raise ParameterError("settings are given twice: with -p settings and with --set/--config; use one")
+        overrides["settings"] = dict(settings)
+    for key, value in (overrides.get("settings") or {}).items():  # a relative weights path given to --set
+        if key in PATH_SETTINGS and isinstance(typed := parse_setting(key, value), str):
+            overrides["settings"][key] = str(Path(typed).expanduser().absolute())
+    for name in STUDY_PATHS:  # relative paths are the caller's, not the repository's (Study.open's default)
+        if overrides.get(name) is not None:
+            overrides[name] = str(Path(overrides[name]).expanduser().absolute())
+    study = Study.open(preset, Path(data_root).expanduser().absolute(), Path(results_root).expanduser().absolute(),
+                       **overrides)
+    return study, extras
+
+
 def reproduce(
     preset: str,
     data_root: str | Path = "data",
@@ -391,20 +422,7 @@ def reproduce(
     import papermill as pm
 
     selected = select_notebooks(only, NOTEBOOK_DIR if notebook_dir is None else notebook_dir)
-    extras = resolve_parameters(selected, raw_parameters, extra_parameters)
-    overrides = {k: v for given in extras.values() for k, v in given.items() if k in STUDY_OVERRIDES}
-    if settings:
-        if overrides.get("settings"):
-            raise ParameterError("settings are given twice: with -p settings and with --set/--config; use one")
-        overrides["settings"] = dict(settings)
-    for key, value in (overrides.get("settings") or {}).items():  # a relative weights path given to --set
-        if key in PATH_SETTINGS and isinstance(typed := parse_setting(key, value), str):
-            overrides["settings"][key] = str(Path(typed).expanduser().absolute())
-    for name in STUDY_PATHS:  # relative paths are the caller's, not the repository's (Study.open's default)
-        if overrides.get(name) is not None:
-            overrides[name] = str(Path(overrides[name]).expanduser().absolute())
-    study = Study.open(preset, Path(data_root).expanduser().absolute(), Path(results_root).expanduser().absolute(),
-                       **overrides)
+    study, extras = open_study(preset, data_root, results_root, selected, raw_parameters, extra_parameters, settings)
     out_dir = study.paths.results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     base = study.parameters()

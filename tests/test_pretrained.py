@@ -116,3 +116,15 @@ def test_study_parameter_reaches_the_preset_and_the_run_record(tmp_path):
     assert tiny.parameters()["imagenet_weights"] is None
     assert describe_weights(tiny.preset.emd.pretrained, "xception41") == {"source": "random"}
     assert describe_weights(True, "xception65") == {"source": "timm", "model": "xception65"}
+
+
+def test_another_networks_file_is_refused_even_without_a_classifier(tmp_path):
+    # timm loads non-strictly when num_classes changes (EMD's encoder: num_classes=0): a file of another network
+    # must not leave the model silently at random initialisation
+    other = tmp_path / "other.safetensors"
+    src = _state(timm.create_model(TINY, pretrained=False))
+    save_file({f"backbone.{k}": v for k, v in src.items()}, str(other))  # no name in common with the model's
+    n = sum(not k.endswith("num_batches_tracked") for k in create_timm_model(TINY, num_classes=0).state_dict())
+    with pytest.raises(ValueError, match=rf"other\.safetensors: does not hold ImageNet weights for timm model "
+                                         rf"'{TINY}' \({n} of its {n} tensors are not in the file, e\.g\. conv1"):
+        create_timm_model(TINY, other, num_classes=0)
