@@ -183,6 +183,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     save_predictions(paths.runs / name, pred)
     config = {"system": system, "method": method, "compression": compression, "n_train_videos": n_train_videos,
               "n_train_images": len(sets["train"]), "n_test_images": len(sets["test"]), "preset": study.config(),
+              "settings": dict(study.settings),  # the --set values behind this preset configuration
               "train": train_info.get("config", {})}
     write_run_record(paths.results, name, metrics, config, seed, manifest=paths.cache / "manifest.csv",
                      checkpoint=checkpoint, device=train_info.get("device", "cpu"),
