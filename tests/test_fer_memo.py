@@ -97,3 +97,19 @@ def test_new_weights_empty_the_memo_and_a_shared_memo_survives_a_reload():
         got = reloaded.select_branch(x)
         assert _same(got, reloaded.compute_select_branch(x)) and not _same(got, stream.compute_select_branch(x))
     assert (memo.hits, memo.misses, len(memo)) == (3, 6, 3)
+
+
+def test_the_study_attaches_one_memo_per_fer_kind_outside_the_model_state(study, monkeypatch):
+    from emdlib.registry import build_model, model_from_checkpoint, save_detector, save_fer_stream
+    from emdlib.study import experiments
+
+    monkeypatch.setattr(experiments, "FER_MEMOS", {})
+    save_fer_stream(study.paths.checkpoints / "esr.safetensors", build_model("esr", num_branches=2))
+    model, spec = experiments.build_system(study, experiments.SYSTEMS["EMD"])
+    again, _ = experiments.build_system(study, experiments.SYSTEMS["EMD"])
+    assert isinstance(model.fer.memo, FERMemo) and again.fer.memo is model.fer.memo is experiments.FER_MEMOS["ESR"]
+    plain = build_model("emd", fer=build_model("esr", num_branches=2), encoder=study.preset.emd.encoder)
+    assert list(model.state_dict()) == list(plain.state_dict()) and spec == plain.spec()
+    save_detector(study.paths.checkpoints / "emd.safetensors", model, study.preset.emd.image_size, spec=spec)
+    rebuilt, _ = model_from_checkpoint(study.paths.checkpoints / "emd.safetensors")
+    assert rebuilt.fer.memo is None  # emd detect and the figures run without it

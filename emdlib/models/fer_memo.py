@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,14 +113,16 @@ class FERMemo:
         self.nbytes = 0
 
     def _check_weights(self, stream: torch.nn.Module) -> None:
-        guard = (id(stream), _tensors_version(stream))
-        if guard == self._guard:
+        """Empty the memo when ``stream``'s weights differ from those its results came from (digest recomputed only
+        when another stream is seen or one of this stream's tensors was replaced or modified in place)."""
+        versions = _tensors_version(stream)
+        if self._guard is not None and self._guard[0]() is stream and self._guard[1] == versions:
             return
         digest = _weights_digest(stream)
         if self._weights is not None and digest != self._weights and self._entries:
             log.info("FER memo: the FER stream's weights changed; dropping %d stored results", len(self))
             self.clear()
-        self._weights, self._guard = digest, guard
+        self._weights, self._guard = digest, (weakref.ref(stream), versions)
 
     def select_branch(self, stream: FERStream, x: torch.Tensor, voters_only: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
