@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   device="cpu", max_batches=None)
     train = FlippedItems(args.train, size, seed=1, augment=True)
     val = FlippedItems(args.val, size, seed=2, augment=False)
+    commit = _commit()
     load_before = list(os.getloadavg())
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for r in range(args.rounds):  # alternating, so that load swings on a shared machine hit both sides
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     histories = [run["history"] for rs in runs.values() for run in rs]
     result = {
         "benchmark": "fer_memo",
-        "commit": _commit(),
+        "commit": commit,
         "machine": machine_info(),
         "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()),

@@ -30,16 +30,7 @@ def test_mixed_hits_and_misses_are_bitwise_the_unmemoised_stream(kind):
     stream = _stream(kind)
     x = torch.rand(12, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     memo = memoise(stream)
-    batches = [
-        x[:6],  # six misses
-        x[[4, 8, 1, 9, 10, 0]],  # three hits, three misses, shuffled
-        x[[2, 11, 3, 5]],  # a lone miss (11) among hits: computed beside another image, not on its own
-        x[[7]],  # a batch of one: its own entry
-        x[[3]],  # a batch of one, seen before only in larger batches
-        x[[3]],  # ... now a hit
-        x[[0, 7]],  # 7 was seen only alone: a lone miss again
-        torch.flip(x[:2], dims=[3]),  # flipped images are other images
-    ]
+    batches = _batches(x)
     with torch.no_grad():
         for b in batches:
             got = stream.select_branch(b)
@@ -49,6 +40,34 @@ def test_mixed_hits_and_misses_are_bitwise_the_unmemoised_stream(kind):
     assert (memo.hits, memo.misses) == (0 + 3 + 3 + 0 + 0 + 1 + 1 + 0, 6 + 3 + 1 + 1 + 1 + 0 + 1 + 2)
     assert len(memo) == 6 + 3 + 1 + 1 + 1 + 1 + 2 and memo.not_stored == 0
     assert memo.nbytes == sum(e.nbytes for e in memo._entries.values()) > 0
+
+
+def test_a_batch_dependent_stream_is_kept_per_batch_size():
+    """What other devices get (cuDNN picks algorithms by batch size): results per batch size, misses padded to it."""
+    stream = _stream()
+    x = torch.rand(12, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    memo = memoise(stream, FERMemo(batch_invariant=False))
+    calls = []
+    compute = stream.compute_select_branch
+    stream.compute_select_branch = lambda b, v=True: calls.append(len(b)) or compute(b, v)
+    with torch.no_grad():
+        for b in _batches(x):
+            assert _same(stream.select_branch(b), compute(b))
+    assert calls == [6, 6, 4, 1, 1, 2, 2]  # every pass at the caller's batch size; the second x[[3]] is a hit
+    assert (memo.hits, memo.misses) == (0 + 3 + 0 + 0 + 0 + 1 + 0 + 0, 6 + 3 + 4 + 1 + 1 + 0 + 2 + 2)
+
+
+def _batches(x: torch.Tensor) -> list[torch.Tensor]:
+    return [
+        x[:6],  # six misses
+        x[[4, 8, 1, 9, 10, 0]],  # three hits, three misses, shuffled
+        x[[2, 11, 3, 5]],  # a lone miss (11) among hits: computed beside another image, not on its own
+        x[[7]],  # a batch of one: its own entry
+        x[[3]],  # a batch of one, seen before only in larger batches
+        x[[3]],  # ... now a hit
+        x[[0, 7]],  # 7 was seen only alone: a lone miss again
+        torch.flip(x[:2], dims=[3]),  # flipped images are other images
+    ]
 
 
 def test_memo_is_not_in_the_state_dict_and_detaches():

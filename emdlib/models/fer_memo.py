@@ -13,12 +13,14 @@ only the others go through the network, together, as one batch. It is attached t
 and models rebuilt by :mod:`emdlib.registry` run without it). :meth:`emdlib.models.esr.FERStream.select_branch`
 consults it; everything else about the stream is unchanged.
 
-Same results as without the memo: on CPU, PyTorch's convolutions give an image the same bits in any batch of two or
-more images, but other bits in a batch of one (oneDNN takes another path for N = 1; ~1e-8 on the FER map). The memo
-therefore never computes a lone miss of a larger batch on its own — it runs it beside one other image of the batch —
-and keeps what batches of one computed apart from the rest (``single`` in the key). Where a backend's results depend on
-the batch in other ways (e.g. cuDNN choosing algorithms by batch size), a read-back map can differ from a recomputed
-one in float rounding only.
+Same results as without the memo. On CPU, PyTorch's convolutions give an image the same bits in any batch of two or
+more images but other bits in a batch of one (oneDNN takes another path for N = 1; ~1e-8 on the FER map): the memo
+never computes a lone miss of a larger batch on its own — it runs it beside another image of the batch — and keeps
+what batches of one computed apart from the rest (tests/test_fer_memo.py checks this bit for bit). On other devices
+(cuDNN chooses algorithms by batch size) an image's results are stored per batch size and its misses go through the
+network padded with the batch's other images to the caller's batch size, so an image is always computed in a batch of
+the shape it would have had without the memo; there the memo saves the batches whose images all repeat (validation,
+later training epochs).
 
 Bounded: at most ``max_bytes`` of stored tensors (default 1 GiB); past it new results are computed and returned but
 not stored. The memo is bypassed (computed, not stored, not counted) while the stream is in training mode or its
@@ -85,12 +87,16 @@ class FERMemo:
 
     Args:
         max_bytes: budget for stored tensors, bytes (≥ 0; 0 stores nothing). Raises ValueError when negative.
+        batch_invariant: whether the stream gives an image the same bits in every batch of two or more images (then
+            misses run in batches of ≥ 2 and results are shared across batch sizes > 1); False: per batch size, misses
+            padded to the caller's batch size. None (default): True on CPU, False on other devices.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, batch_invariant: bool | None = None) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
+        self.batch_invariant = batch_invariant
         self._entries: dict[tuple, _Entry] = {}
         self.nbytes = 0
         self.hits = 0
@@ -139,7 +145,9 @@ class FERMemo:
         n = x.shape[0]
         dev = x.device.type
         amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cpu", "cuda") else None
-        context = (tuple(x.shape[1:]), str(x.dtype), str(x.device), amp, bool(voters_only), n == 1)
+        any_batch = dev == "cpu" if self.batch_invariant is None else self.batch_invariant
+        batch = n == 1 if any_batch else n  # the batch sizes whose results may differ are kept apart
+        context = (tuple(x.shape[1:]), str(x.dtype), str(x.device), amp, bool(voters_only), batch)
         keys = [(d, *context) for d in _row_digests(x)]
         found = [self._entries.get(k) for k in keys]
         miss = [i for i, e in enumerate(found) if e is None]
@@ -147,7 +155,10 @@ class FERMemo:
         self.misses += len(miss)
         if not miss:
             return tuple(torch.stack(t) for t in zip(*((e.fer_map, e.branch, e.cls) for e in found)))  # type: ignore
-        rows = miss if len(miss) > 1 or n == 1 else miss + [0 if miss[0] else 1]  # never a lone miss: N=1 differs
+        rows = miss
+        size = min(n, 2) if any_batch else n  # misses go through the network in a batch of at least this size
+        if len(rows) < size:  # padded with other images of the batch, whose results are not used
+            rows = rows + [i for i in range(n) if found[i] is not None][: size - len(rows)]
         whole = rows == list(range(n))  # every image of x goes through the network, in order
         out = compute(x if whole else x[rows], voters_only)
         for j, i in enumerate(miss):
