@@ -8,7 +8,8 @@ memo and with one attached to the FER stream, alternating for ``--rounds`` pairs
 seconds (training + validation), the best of the rounds per epoch and the ratio of their sums (all epochs, and
 epochs 2.. where the memo has something to read back), the memo's hit/miss counts, and whether the trained
 weights (the best checkpoint loaded back) and the per-epoch losses are bitwise identical (sha256 over the state
-dict).
+dict). Then, less exposed to load swings, ``--step-rounds`` pairs of one full-phase training step on a fixed
+batch, alternately with the FER stream computed and read back from a filled memo (median ratio).
 
     python benchmarks/fer_memo.py --out results/benchmarks/fer_memo.json
 
@@ -34,10 +35,10 @@ from torch.utils.data import Dataset
 from emdlib.io import write_json
 from emdlib.models.emd import EMD
 from emdlib.models.esr import ESR
-from emdlib.models.fer_memo import memoise
+from emdlib.models.fer_memo import memoise, unmemoise
 from emdlib.presets import get_preset
 from emdlib.study.records import machine_info
-from emdlib.train import TrainConfig, fit
+from emdlib.train import TrainConfig, fit, set_trainable, train_step
 
 log = logging.getLogger("fer_memo")
 
@@ -96,6 +97,38 @@ def train_once(preset_name: str, train: Dataset, val: Dataset, cfg: TrainConfig,
             "memo_stats": m.stats() if m is not None else None}
 
 
+def interleaved_steps(preset_name: str, rounds: int) -> dict:
+    """One full-phase :func:`emdlib.train.train_step` on a fixed batch, alternately with the FER stream computed and
+    read back from a filled memo (``rounds`` each; interleaved, so load swings hit both alike). Seconds per step."""
+    preset = get_preset(preset_name)
+    torch.manual_seed(0)
+    model = EMD(ESR(num_branches=preset.fer.branches), encoder=preset.emd.encoder)
+    size, n = preset.emd.image_size, preset.emd.batch_size
+    g = torch.Generator().manual_seed(3)
+    batch = {"image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
+             "fer_image": torch.rand(n, 3, 96, 96, generator=g),
+             "mask": (torch.rand(n, 1, size, size, generator=g) > 0.5).float(), "label": torch.arange(n) % 2}
+    trainable = list(model.trainable_parameters())
+    opt = torch.optim.Adam(trainable, lr=1e-3)
+    set_trainable(model, trainable, warmup=False)
+    model.train()
+    memo = memoise(model.fer)
+    train_step(model, batch, opt)  # untimed: fills the memo, first-call overheads
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(rounds):
+        for use in (False, True):
+            if use:
+                memoise(model.fer, memo)
+            else:
+                unmemoise(model.fer)
+            t0 = time.perf_counter()
+            train_step(model, batch, opt)
+            times[use].append(round(time.perf_counter() - t0, 3))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {"step_seconds_without_memo": times[False], "step_seconds_with_memo_all_hits": times[True],
+            "ratio_step_median": round(med[True] / med[False], 3)}
+
+
 def _commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -110,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train", type=int, default=160, help="training images")
     p.add_argument("--val", type=int, default=32, help="validation images")
     p.add_argument("--epochs", type=int, default=3, help="epochs in all (the preset's warm-up epochs included)")
+    p.add_argument("--step-rounds", type=int, default=6, help="interleaved bare-step pairs")
     p.add_argument("--rounds", type=int, default=2, help="alternating without/with pairs (best per epoch)")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/fer_memo.json"))
     args = p.parse_args(argv)
@@ -132,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
                      preset.emd.encoder, size, preset.fer.branches, cfg.batch_size)
             runs[memo].append(train_once(args.preset, train, val, cfg, memo))
             log.info("epoch seconds %s", runs[memo][-1]["epoch_seconds"])
+    log.info("interleaved full-phase steps, FER computed vs read back (%d each)", args.step_rounds)
+    steps = interleaved_steps(args.preset, args.step_rounds)
     # per epoch, the best of the rounds (the least disturbed by other work on the machine)
     best = {m: [min(x) for x in zip(*(run["epoch_seconds"] for run in rs))] for m, rs in runs.items()}
     hashes = {run["weights_sha256"] for rs in runs.values() for run in rs}
@@ -148,13 +184,15 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_seconds_without_memo_best": best[False], "epoch_seconds_with_memo_best": best[True],
         "ratio_epoch_time_with_over_without": round(sum(best[True]) / sum(best[False]), 3),
         "ratio_epochs_after_first": round(sum(best[True][1:]) / max(sum(best[False][1:]), 1e-9), 3),
+        "steps": steps,
         "weights_identical": len(hashes) == 1,
         "histories_identical": all(h == histories[0] for h in histories),
         "without_memo": runs[False], "with_memo": runs[True],
     }
     write_json(args.out, result)
-    log.info("ratio %.3f (epochs 2..: %.3f); weights identical: %s; wrote %s",
+    log.info("ratio %.3f (epochs 2..: %.3f; one step, all hits: %.3f); weights identical: %s; wrote %s",
              result["ratio_epoch_time_with_over_without"], result["ratio_epochs_after_first"],
+             steps["ratio_step_median"],
              result["weights_identical"], args.out)
     return result
 
