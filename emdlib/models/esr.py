@@ -245,8 +245,22 @@ class FERStream(nn.Module):
         """Ensemble class ``(N,)`` by majority vote (Eq. 4, ties → lowest class index)."""
         return ensemble_vote_from_logits(self(x))
 
+    #: A :class:`emdlib.models.fer_memo.FERMemo` attached by :func:`emdlib.models.fer_memo.memoise` (a plain
+    #: attribute, not a submodule: never in the state dict), or None.
+    memo = None
+
     def select_branch(self, x: torch.Tensor, voters_only: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eqs. 3–5: ``(fer_map (N, 512, h, w), branch (N,), cls (N,))`` — the FER feature EMD concatenates."""
+        """Eqs. 3–5: ``(fer_map (N, 512, h, w), branch (N,), cls (N,))`` — the FER feature EMD concatenates.
+
+        With a memo attached, images it has seen are read back from it and only the others pass through the network.
+        """
+        if self.memo is not None:
+            return self.memo.select_branch(self, x, voters_only)
+        return self.compute_select_branch(x, voters_only)
+
+    def compute_select_branch(self, x: torch.Tensor, voters_only: bool = True
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`select_branch` through the network, never the memo."""
         maps, logits = self.branch_outputs(x)
         branch, cls = select_branch_from_logits(logits, voters_only=voters_only)
         fer_map = maps[torch.arange(maps.shape[0], device=maps.device), branch]

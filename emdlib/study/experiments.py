@@ -28,6 +28,7 @@ import torch
 
 from emdlib.data.datasets import ManipulationDataset
 from emdlib.io import read_json
+from emdlib.models.fer_memo import FERMemo, memoise
 from emdlib.presets import Preset
 from emdlib.recipes import Recipe, recipe_for
 from emdlib.study import Study
@@ -96,18 +97,27 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     return kwargs
 
 
+#: One :class:`emdlib.models.fer_memo.FERMemo` per FER stream kind, shared by this process's runs (seeds, cells and
+#: Fig. 6's subsets see the same images through the same checkpoint; a memo empties itself on other weights).
+FER_MEMOS: dict[str, FERMemo] = {}
+
+
 def build_system(study: Study, system: System) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Construct ``system`` as the study's preset says: ``(model, registry spec)``.
 
     The FER stream is the one the FER stage saved (:func:`emdlib.study.fer.load_fer_stream`; an error names
     notebook 01 when it is missing); EMD takes the preset's encoder and ``pretrained``, a baseline
     :func:`baseline_kwargs`. The spec (:func:`emdlib.registry.model_spec`) goes into the checkpoints so that
-    ``emd detect`` and the figures rebuild the network by name, never downloading weights.
+    ``emd detect`` and the figures rebuild the network by name, never downloading weights. The FER stream carries
+    this process's memo of its kind (:data:`FER_MEMOS`), so training, validation and :func:`emdlib.train.predict`
+    read repeated images' FER maps back instead of recomputing them.
     """
     from emdlib.registry import build_model, model_spec
     from emdlib.study.fer import load_fer_stream
 
     fer = load_fer_stream(study, system.fer) if system.fer else None
+    if fer is not None:  # repeated images skip the frozen FER stream: same results, not part of the model or spec
+        memoise(fer, FER_MEMOS.setdefault(system.fer, FERMemo()))
     if system.kind == "emd":
         cfg = study.preset.emd
         model = build_model("emd", fer=fer, encoder=cfg.encoder, pretrained=cfg.pretrained)
@@ -255,6 +265,8 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device)
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
     pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed)
+    if getattr(getattr(model, "fer", None), "memo", None) is not None:
+        log.info("%s: FER memo %s", name, model.fer.memo.stats())
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
             "history": summary.get("history", [])}
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
