@@ -49,6 +49,7 @@ from emdlib.data.expressions import EXPRESSIONS
 from emdlib.models.esr import ESR, FERStream, ensemble_vote_from_logits
 from emdlib.presets import FER_SCHEDULES, FERConfig
 from emdlib.registry import save_fer_stream
+from emdlib.train import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ def fer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _optimizer(params: Any, cfg: FERTrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return make_optimizer(params, cfg.optimizer, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _device(cfg: FERTrainConfig) -> torch.device:
