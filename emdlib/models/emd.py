@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from emdlib.data.transforms import esr_input, xception_to_rgb01
+from emdlib.models.atrous import use_centre_tap
 from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,11 @@ class LastConv(nn.Module):
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling (DeepLabv3+, reference-facts §C.1): 1×1, three atrous 3×3 (rates), image pooling."""
+    """Atrous spatial pyramid pooling (DeepLabv3+, reference-facts §C.1): 1×1, three atrous 3×3 (rates), image pooling.
+
+    The atrous convolutions are :class:`emdlib.models.atrous.AtrousConv2d`: on a map no larger than the rate (small
+    presets' 4×4) only the centre tap reads anything but padding, and they run as the 1×1 convolutions they are then.
+    """
 
     def __init__(self, in_channels: int, channels: int = 256, rates: tuple[int, ...] = (6, 12, 18),
                  separable: bool = True):
@@ -111,6 +116,7 @@ class ASPP(nn.Module):
         )
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, channels, 1))
         self.project = _conv_bn_relu(channels * (len(rates) + 2), channels, 1)
+        use_centre_tap(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [b(x) for b in self.branches]
