@@ -36,8 +36,9 @@ EXIT_EPILOG = """\
 exit status (every command):
   0    done
   1    the work failed: prepare cached no usable frame; detect could read no input; a reproduce notebook raised
-       (one line names the notebook, the cell and the error, and the partly executed copy); or an unexpected
-       error (one line; run `emd -v ...` for the traceback)
+       (one line names the notebook, the cell and the error, and the partly executed copy); check found something
+       missing or malformed (its ERROR lines say what); or an unexpected error (one line; run `emd -v ...` for
+       the traceback)
   2    usage error, or invalid input found before any work started: a missing or unreadable input, an output path
        that is a file or cannot be written, a checkpoint or sidecar that cannot be loaded, a reproduce -p name the
        notebooks do not declare or a value not of the declared type
