@@ -130,6 +130,12 @@ def settings_options(args: argparse.Namespace) -> dict[str, object]:
     return settings
 
 
+def _add_roots(p: argparse.ArgumentParser) -> None:
+    """``--data-root`` and ``--results``, as ``reproduce`` and ``check`` take them."""
+    p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
+    p.add_argument("--results", default="results", help="results root (default ./results)")
+
+
 def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change one preset value, typed by its declaration: --set emd.epochs=1 --set "
@@ -277,8 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("reproduce", help="run the numbered notebooks in order with papermill")
-    p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
-    p.add_argument("--results", default="results", help="results root (default ./results)")
+    _add_roots(p)
     p.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 00 01")
     p.add_argument("--notebooks", default=None, help="folder of numbered notebooks NN_name.ipynb to run (default: "
                                                      "the study's notebooks/ in the repository)")
@@ -294,8 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check the inputs of the study that `emd reproduce` would run with the same "
                                    "options, without running anything.",
                        epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default="data", help="where generated data and caches go (default ./data)")
-    p.add_argument("--results", default="results", help="results root (default ./results)")
+    _add_roots(p)
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="study parameter, as for emd reproduce: -p ffpp_root DIR, -p splits_dir DIR, "
                         "-p affectnet_root DIR, -p esr_weights DIR, -p imagenet_weights PATH, ...")
