@@ -86,6 +86,7 @@ class TrainConfig:
     deterministic: bool = True
     image_size: int | None = None  # recorded in checkpoint sidecars (emd detect needs it)
     max_batches: int | None = None  # cap on training batches per epoch (smoke runs); None = the whole set
+    precise_bn: bool = False  # BatchNorm population statistics before each validation (recompute_bn_statistics)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -258,6 +259,45 @@ def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: to
     return {"accuracy": correct / n, **{k: v / n for k, v in sums.items()}}
 
 
+@torch.no_grad()
+def recompute_bn_statistics(model: DetectorNet, batches: Iterable[Mapping[str, Any]], device: torch.device,
+                            amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                            max_batches: int | None = None) -> int:
+    """Replace the running statistics of the model's trained BatchNorm layers by population statistics of ``batches``.
+
+    Inference-time BatchNorm as Ioffe & Szegedy (ICML 2015) define it, Algorithm 2 steps 8–11: with the final
+    weights, E[x] is the mean of the mini-batch means and Var[x] the mean of the unbiased mini-batch variances over
+    the training set — what ``torch.optim.swa_utils.update_bn`` computes (cumulative average, ``momentum=None``), here
+    restricted to the layers in training mode after ``model.train()``, so a frozen FER stream (which EMD and
+    MultiTask+EnsFER keep in eval mode) keeps its own statistics. The exponential running average that training
+    keeps (momentum 0.1) lags weights that still move fast — in short runs from scratch, far enough that eval-mode
+    outputs collapse to a constant (``EMDConfig.baseline_precise_bn``). Training-mode forward passes never read
+    running statistics, so the optimisation is unchanged. ``max_batches`` caps the batches read (smoke presets).
+    Returns the number of layers updated (0 for a network without BatchNorm).
+    """
+    was_training = model.training
+    model.train()
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    momenta = {m: m.momentum for m in layers}
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        if layers:
+            for i, batch in enumerate(batches):
+                if max_batches is not None and i >= max_batches:
+                    break
+                batch = move_batch(batch, device, channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    forward(model, batch)
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        model.train(was_training)
+    return len(layers)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Training state <-> safetensors + JSON
 # ------------------------------------------------------------------------------------------------------------------
@@ -424,7 +464,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     warm-up epoch whose decoder has not trained yet) — the weights go to ``out_dir/best.safetensors`` (sidecar: model
     spec, image size, epoch, validation metrics, config and ``meta``). With ``resume`` an existing
     ``last.safetensors`` is continued. At the end the best weights are loaded into ``model`` (the last ones when there
-    is no validation set).
+    is no validation set). With ``config.precise_bn`` the trained BatchNorm layers take population statistics of
+    the training split before each validation (:func:`recompute_bn_statistics`; the baselines on small presets).
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
     "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.
@@ -497,6 +538,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": "warmup" if warmup else "full",
                                   **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, "train_images": n}
+        if config.precise_bn:
+            recompute_bn_statistics(model, make_loader(train_data, config.batch_size, False, config.seed,
+                                                       config.num_workers, device.type == "cuda"),
+                                    device, amp_dtype, channels_last, config.max_batches)
         if val_loader is not None:
             val = validate(model, val_loader, device, amp_dtype, channels_last)
             record.update({f"val_{k}": v for k, v in val.items()})

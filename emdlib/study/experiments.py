@@ -211,20 +211,34 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
 def why_not_reusable(record: dict, preset: Preset) -> str | None:
     """Why a stored run record cannot stand for the run now, or None when it can.
 
-    It must have been made under the same preset configuration and with its system's current training recipe
+    It must have been made under the same preset configuration (less :data:`BASELINE_SETTINGS` for EMD and its
+    variants, which do not read them) and with its system's current training recipe
     (:mod:`emdlib.recipes`; checked when the record names its system), and its best checkpoint must be on this
     machine (figures rebuild models from it): a fresh clone carries the committed records of ``results/`` but not
     the checkpoints under ``data/``, so there the main command trains every run again.
     """
-    if not _same_protocol(record.get("config", {}).get("preset"), preset.to_dict()):
-        return "recorded under another preset configuration"
     system = SYSTEMS.get(record.get("system") or record.get("config", {}).get("system"))
+    if not _same_protocol(_settings_read(record.get("config", {}).get("preset"), system),
+                          _settings_read(preset.to_dict(), system)):
+        return "recorded under another preset configuration"
     if system is not None and not _same_protocol(record.get("recipe"), recipe_for(system.kind).summary()):
         return "trained with another training recipe"
     ckpt = record.get("checkpoint")
     if ckpt and not Path(ckpt).is_file():
         return f"its checkpoint {ckpt} is not on this machine"
     return None
+
+
+#: ``emd`` settings only the baselines read (:func:`baseline_kwargs`, :func:`train_config`): a run of EMD or one of
+#: its variants stays valid when only these differ (including a record made before one of them existed).
+BASELINE_SETTINGS: tuple[str, ...] = ("baseline_bn_momentum", "baseline_precise_bn")
+
+
+def _settings_read(config: dict | None, system: System | None) -> dict | None:
+    """A preset configuration (``Preset.to_dict()``) without the settings ``system`` does not read."""
+    if config is None or system is None or system.kind != "emd":
+        return config
+    return {**config, "emd": {k: v for k, v in config.get("emd", {}).items() if k not in BASELINE_SETTINGS}}
 
 
 def _same_protocol(recorded: dict | None, current: dict) -> bool:
@@ -244,8 +258,8 @@ def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
     EMD and its variants: the preset's ``emd`` section as it is (``TrainConfig.from_preset``; for ``paper`` that is
     §IV-B). Every other system: its recipe (:data:`emdlib.recipes.RECIPES`) — optimiser, learning rate, batch
     size — with its epochs scaled by the preset's budget (:func:`emdlib.recipes.scale_epochs`); the preset's image
-    size and smoke-test batch cap (``emd.max_batches``) apply to every system. Raises ValueError for the SVM (no
-    loop).
+    size and smoke-test batch cap (``emd.max_batches``) apply to every system, ``emd.baseline_precise_bn`` to the
+    baselines (:func:`emdlib.train.recompute_bn_statistics`). Raises ValueError for the SVM (no loop).
     """
     from emdlib.recipes import scale_epochs
     from emdlib.train import TrainConfig
@@ -255,7 +269,8 @@ def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
     recipe = recipe_for(system.kind)
     warmup, epochs = scale_epochs(recipe, preset.emd)
     return TrainConfig.from_preset(preset.emd, seed=seed, warmup_epochs=warmup, epochs=epochs,
-                                   batch_size=int(recipe.batch_size.value), **recipe.optimizer_settings())
+                                   batch_size=int(recipe.batch_size.value), precise_bn=preset.emd.baseline_precise_bn,
+                                   **recipe.optimizer_settings())
 
 
 def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
