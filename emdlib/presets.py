@@ -52,6 +52,12 @@ class PrepareConfig:
     eval_frames: int = 2
     crop_size: int = 64  # side of the cached uint8 crops
     workers: int = 2
+    cache_format: str = "npy"  # npy (raw uint8, decode-free) | jpeg (q95) | png (lossless): emdlib.data.crop_codec
+
+    def __post_init__(self) -> None:
+        from emdlib.data.crop_codec import check_format
+
+        check_format(self.cache_format)
 
 
 #: FER training schedules (:class:`FERConfig`, :mod:`emdlib.train_fer`).
@@ -179,6 +185,20 @@ PRESETS: dict[str, Preset] = {
         note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",
     ),
 }
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded preset configuration (``Preset.to_dict()`` as a run record holds it) with every setting added
+    since it was recorded filled in at its declared default — the value the code behaved as before the setting
+    existed — so that adding a setting does not make every earlier run look as if it had another configuration."""
+    out = json.loads(json.dumps(dict(config)))
+    for section in SECTIONS:
+        if isinstance(out.get(section), dict):
+            for f in dataclasses.fields(_section_type(section)):
+                if f.name not in out[section]:
+                    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    out[section][f.name] = json.loads(json.dumps(default))
+    return out
 
 
 def get_preset(name: str) -> Preset:

@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from emdlib.data.crop_codec import EncodedCrops
 from emdlib.data.ffpp import ORIGINAL, SPLITS, check_compression, check_method, target_id
-from emdlib.data.prepare import entry_paths, read_manifest
+from emdlib.data.prepare import cache_format, entry_paths, read_manifest
 from emdlib.data.transforms import esr_input, to_tensor, xception_input
+from emdlib.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class ManipulationDataset(Dataset):
         self.compressions = tuple(check_compression(c) for c in compressions)
         self.image_size = int(image_size)
         self.augment = bool(augment)
+        self.cache_format = cache_format(self.cache_dir)
         wanted = {ORIGINAL, *self.methods}
         rows = read_manifest(self.cache_dir)
         self.samples: list[tuple[str, str, str, int, int]] = [
@@ -130,10 +133,13 @@ class ManipulationDataset(Dataset):
         key = (comp, method, video, kind)
         arr = self._arrays.get(key)
         if arr is None:
-            path = entry_paths(self.cache_dir, comp, method, video)[kind]
+            paths = entry_paths(self.cache_dir, comp, method, video, self.cache_format)
+            path = paths[kind]
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: cache entry missing (manifest and cache disagree; rerun prepare)")
             arr = np.load(path, mmap_mode="r")
+            if kind == "crops" and self.cache_format != "npy":
+                arr = EncodedCrops(arr, read_json(paths["meta"]).get("crop_offsets", []), str(path))
             self._arrays[key] = arr
         return arr
 

@@ -57,6 +57,7 @@ import numpy as np
 from tqdm import tqdm
 
 from emdlib.data import faces, video as vio
+from emdlib.data.crop_codec import check_format, encode_crops
 from emdlib.data.ffpp import (
     FFPP, FFPP_COMPRESSIONS, MASK_THRESHOLD, ORIGINAL, SPLITS, binarize_mask, check_compression, check_method,
 )
@@ -98,10 +99,20 @@ def sample_indices(n_frames: int, k: int) -> list[int]:
     return [int((i + 0.5) * n_frames / k) for i in range(k)]
 
 
-def entry_paths(cache: str | os.PathLike, comp: str, method: str, video: str) -> dict[str, Path]:
-    """Cache files of one video: ``crops`` (.crops.npy), ``masks`` (.masks.npy) and ``meta`` (.json)."""
+def entry_paths(cache: str | os.PathLike, comp: str, method: str, video: str,
+                cache_format: str = "npy") -> dict[str, Path]:
+    """Cache files of one video: ``crops`` (``.crops.npy``, or ``.crops.jpeg.npy`` / ``.crops.png.npy`` — the
+    encodings of :mod:`emdlib.data.crop_codec` — in a compressed cache), ``masks`` (``.masks.npy``) and ``meta``
+    (``.json``)."""
     base = Path(cache) / comp / method
-    return {"crops": base / f"{video}.crops.npy", "masks": base / f"{video}.masks.npy", "meta": base / f"{video}.json"}
+    crops = f"{video}.crops.npy" if check_format(cache_format) == "npy" else f"{video}.crops.{cache_format}.npy"
+    return {"crops": base / crops, "masks": base / f"{video}.masks.npy", "meta": base / f"{video}.json"}
+
+
+def cache_format(cache: str | os.PathLike) -> str:
+    """The crop format a cache was built with (``prepare.json``; ``npy`` for caches from before the setting)."""
+    path = Path(cache) / "prepare.json"
+    return read_json(path).get("cache_format", "npy") if path.is_file() else "npy"
 
 
 def frames_for_split(cfg: PrepareConfig, split: str) -> int:
@@ -148,6 +159,7 @@ class _Group:
     cache: str
     pristine: list[tuple[str, str]]  # (comp, path) candidates for detection, best first, existing files only
     items: list[_Item] = field(default_factory=list)
+    cache_format: str = "npy"
 
 
 def _row(frame: int, status: str, reason: str = "", box: faces.Box | None = None, row: int = -1) -> dict[str, Any]:
@@ -377,16 +389,21 @@ def _process_item(group: _Group, item: _Item, plan: tuple[int, list[int]] | str,
 def _write_outputs(group: _Group, item: _Item, result: dict[str, Any], crops: list[np.ndarray],
                    masks: list[np.ndarray]) -> dict[str, Any]:
     """Write the arrays, then the meta JSON (the 'finished' marker), each atomically."""
-    paths = entry_paths(group.cache, item.comp, item.method, item.video)
-    if crops:
+    paths = entry_paths(group.cache, item.comp, item.method, item.video, group.cache_format)
+    encoded: dict[str, Any] = {}
+    if crops and group.cache_format == "npy":
         write_npy(paths["crops"], np.stack(crops))
+    elif crops:
+        data, offsets = encode_crops(crops, group.cache_format)
+        write_npy(paths["crops"], data)
+        encoded = {"cache_format": group.cache_format, "crop_offsets": offsets}
     if masks:
         write_npy(paths["masks"], np.stack(masks))
     meta = {
         "version": CACHE_VERSION, "split": group.split, "method": item.method, "compression": item.comp,
         "video": item.video, "target": group.target, "path": item.path, "mask": item.mask,
         "detected_on": boxes_source(group.cache, group.target), "n_frames": result["n_frames"],
-        "frames": result["frames"], "cached": len(crops), "rows": result["rows"],
+        "frames": result["frames"], "cached": len(crops), "rows": result["rows"], **encoded,
     }
     write_json(paths["meta"], meta)
     return result
@@ -460,14 +477,19 @@ def _config_record(cfg: PrepareConfig, ff: FFPP) -> dict[str, Any]:
     splits_hash = hashlib.sha256(json.dumps(ff.splits, sort_keys=True).encode()).hexdigest()[:16]
     return {"version": CACHE_VERSION, "train_frames": cfg.train_frames, "eval_frames": cfg.eval_frames,
             "crop_size": cfg.crop_size, "crop_scale": faces.CROP_SCALE, "mask_threshold": MASK_THRESHOLD,
-            "splits_sha256": splits_hash}
+            "splits_sha256": splits_hash, "cache_format": cfg.cache_format}
+
+
+#: ``prepare.json`` keys added after caches were first built, with the value such a cache was built with.
+_RECORD_DEFAULTS: dict[str, Any] = {"cache_format": "npy"}
 
 
 def _check_cache(cache: Path, record: dict[str, Any]) -> None:
     path = cache / "prepare.json"
     if path.is_file():
         old = read_json(path)
-        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v}
+        diff = {k: (old.get(k, _RECORD_DEFAULTS.get(k)), v) for k, v in record.items()
+                if old.get(k, _RECORD_DEFAULTS.get(k)) != v}
         if diff:
             raise ValueError(f"{cache}: cache was built with other parameters {diff} (old, new); "
                              "use a new cache folder or delete this one")
@@ -484,7 +506,8 @@ def _plan(ff: FFPP, cache: Path, cfg: PrepareConfig, methods: Sequence[str], com
         for a, b in ff.pairs(split):
             for t, s in ((a, b), (b, a)):
                 pristine = [(c, str(p)) for c in order if (p := ff.video_path(ORIGINAL, c, t)).is_file()]
-                group = _Group(t, split, frames_for_split(cfg, split), cfg.crop_size, str(cache), pristine)
+                group = _Group(t, split, frames_for_split(cfg, split), cfg.crop_size, str(cache), pristine,
+                               cache_format=cfg.cache_format)
                 for method, vid in [(ORIGINAL, t)] + [(m, f"{t}_{s}") for m in methods]:
                     for comp in comps:
                         path = ff.video_path(method, comp, vid)

@@ -29,7 +29,7 @@ import torch
 from emdlib.data.datasets import ManipulationDataset
 from emdlib.io import read_json
 from emdlib.models.fer_memo import FERMemo, memoise
-from emdlib.presets import Preset
+from emdlib.presets import Preset, with_defaults
 from emdlib.recipes import Recipe, recipe_for
 from emdlib.study import Study
 from emdlib.study.records import RECORD, save_predictions, write_run_record
@@ -242,8 +242,13 @@ def _settings_read(config: dict | None, system: System | None) -> dict | None:
 
 
 def _same_protocol(recorded: dict | None, current: dict) -> bool:
-    """Whether a stored run used the preset configuration it would get now (JSON round trip: tuples → lists)."""
-    return recorded is not None and json.loads(json.dumps(recorded)) == json.loads(json.dumps(current))
+    """Whether a stored run used the configuration it would get now (JSON round trip: tuples → lists); a preset
+    configuration recorded before a setting existed counts as made at its default (:func:`emdlib.presets.with_defaults`)."""
+    if recorded is None:
+        return False
+    if "emd" in recorded and "emd" in current:  # a preset configuration, not a recipe
+        recorded, current = with_defaults(recorded), with_defaults(current)
+    return json.loads(json.dumps(recorded)) == json.loads(json.dumps(current))
 
 
 def _drop_training_state(run_dir: Path) -> None:
