@@ -6,7 +6,9 @@ smiling) through ``prepare``'s own face path (dlib box × 1.3, ``faces.resize_cr
 bytes per crop (mean and 95th percentile), the cache of the ``paper`` preset extrapolated with those bytes
 (:func:`emdlib.check.cache_bytes`' frame counts), and the decode rate in crops/s of ``ManipulationDataset``'s read
 (memory-map slice + copy, or :class:`emdlib.data.crop_codec.EncodedCrops` decoding) on one thread, best of
-``--rounds``. JPEG's error against the raw crop is reported as mean absolute difference in grey levels.
+``--rounds``. JPEG's error against the raw crop is reported as mean absolute difference in grey levels. Masks (raw
+uint8 in the ``npy`` cache, lossless PNG in both compressed ones) are measured on FF++'s official sample masks
+(``../shared/ffpp/samples/*_mask.png``, binarised as ``prepare`` does, centre square resized to ``--size``).
 
     python benchmarks/cache_formats.py --out results/benchmarks/cache_formats.json
 """
@@ -22,12 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from emdlib.check import cache_bytes
 from emdlib.data import faces
 from emdlib.data.crop_codec import EncodedCrops, encode_crops
+from emdlib.data.ffpp import binarize_mask
 from emdlib.data.images import read_image
 from emdlib.io import write_json, write_npy
 from emdlib.presets import get_preset
@@ -68,6 +72,13 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
 
+    masks = []
+    for path in sorted((SHARED / "ffpp" / "samples").glob("*_mask.png")):
+        m = binarize_mask(read_image(path))
+        side = min(m.shape)
+        top, left = (m.shape[0] - side) // 2, (m.shape[1] - side) // 2
+        masks.append(cv2.resize(m[top:top + side, left:left + side], (args.size, args.size),
+                                interpolation=cv2.INTER_NEAREST))
     crops = _crops(args.faces, args.size, args.limit)
     if not crops:
         raise SystemExit(f"{args.faces}: no faces found to crop")
@@ -103,11 +114,19 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["mean_abs_error_grey_levels"] = round(float(np.abs(back.astype(int) - raw.astype(int)).mean()), 3)
             record["formats"][fmt] = entry
             log.info("%s: %s", fmt, entry)
+    mask_ratio = 1.0
+    if masks:
+        data, offsets = encode_crops(masks, "png")
+        enc = EncodedCrops(data, offsets, "masks", mask=True)
+        assert all(np.array_equal(enc[i], m) for i, m in enumerate(masks)), "PNG masks must round-trip exactly"
+        mask_ratio = float(np.mean(np.diff(offsets))) / masks[0].nbytes
+        record["masks_png"] = {"masks": len(masks), "bytes_per_mask_mean": round(float(np.mean(np.diff(offsets)))),
+                               "ratio_to_raw": round(mask_ratio, 4),
+                               "decode_masks_per_s": round(_rate(enc.__getitem__, len(masks), args.rounds * 20), 1)}
     for fmt, entry in record["formats"].items():
-        # cache_bytes per target: a real (3 B/px) and 3 fakes (3 B/px crop + 1 B/px raw mask): crops are 12 of 15
-        crops_share = 12 / 15
-        entry["paper_cache_gb_estimate"] = round(raw_total * (1 - crops_share + crops_share * entry["ratio_to_raw"])
-                                                 / 1e9, 1)
+        # cache_bytes per target: a real (3 B/px) and 3 fakes (3 B/px crop + 1 B/px mask): crops are 12 of 15 parts
+        masks_part = 3 / 15 * (1.0 if fmt == "npy" else mask_ratio)
+        entry["paper_cache_gb_estimate"] = round(raw_total * (12 / 15 * entry["ratio_to_raw"] + masks_part) / 1e9, 1)
     write_json(args.out, record)
     log.info("%s", record)
     return record

@@ -422,18 +422,23 @@ def timm_weights_cached(name: str) -> bool:
 def cache_bytes(preset: Preset, pairs: dict[str, Sequence] | None = None) -> int:
     """Upper estimate of the face cache's size in bytes (:mod:`emdlib.data.prepare`'s layout): every video of every
     split at every compression caches ``train_frames`` (train) or ``eval_frames`` (val/test) crops of
-    ``crop_size``² × 3 bytes, and every fake as many ``crop_size``² masks. ``pairs``: the split files' pairs
-    (default: the preset's pair counts). Videos shorter than the frame count cache fewer frames."""
+    ``crop_size``² pixels, and every fake as many masks, at the bytes per pixel of the preset's ``cache_format``
+    (:data:`emdlib.data.crop_codec.BYTES_PER_PIXEL`: raw 3 per crop pixel and 1 per mask pixel; measured upper
+    estimates for JPEG and PNG). ``pairs``: the split files' pairs (default: the preset's pair counts). Videos
+    shorter than the frame count cache fewer frames."""
+    from emdlib.data.crop_codec import BYTES_PER_PIXEL
+
     counts = {s: len(pairs[s]) for s in SPLITS} if pairs is not None else dict(zip(SPLITS, preset.data.pairs))
     p, d = preset.prepare, preset.data
     side = p.crop_size * p.crop_size
-    total = 0
+    crop_b, mask_b = BYTES_PER_PIXEL[p.cache_format]
+    total = 0.0
     for split, n_pairs in counts.items():
         frames = p.train_frames if split == "train" else p.eval_frames
         reals = fakes = 2 * n_pairs  # a pair: two originals, two fakes per method (§B.1)
-        per_comp = reals * frames * side * 3 + len(d.methods) * fakes * frames * side * 4
+        per_comp = reals * frames * side * crop_b + len(d.methods) * fakes * frames * side * (crop_b + mask_b)
         total += per_comp * len(d.compressions)
-    return total
+    return int(round(total))
 
 
 def check_disk(preset: Preset, cache: Path, pairs: dict[str, Sequence] | None = None) -> list[Finding]:
@@ -449,7 +454,8 @@ def check_disk(preset: Preset, cache: Path, pairs: dict[str, Sequence] | None = 
         return []
     p = preset.prepare
     return [Finding(WARNING, "disk", f"the face cache needs up to {_gb(need)} ({p.train_frames}/{p.eval_frames} "
-                                     f"train/eval frames per video, {p.crop_size}-px crops); {_gb(free)} free",
+                                     f"train/eval frames per video, {p.crop_size}-px crops, {p.cache_format} cache); "
+                                     f"{_gb(free)} free",
                     existing, "free space there, or put the data elsewhere with --data-root DIR (a cache already "
                               "partly built needs only the rest)")]
 

@@ -167,7 +167,7 @@ PRESETS: dict[str, Preset] = {
     "faces": Preset(
         name="faces",
         data=DataConfig(world="faces", pairs=(72, 15, 15), frames_per_clip=48, frame_size=320),
-        prepare=PrepareConfig(train_frames=24, eval_frames=10, crop_size=299),
+        prepare=PrepareConfig(train_frames=24, eval_frames=10, crop_size=299, cache_format="jpeg"),
         fer=FERConfig(branches=9, epochs=20),
         emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS),
         note="Forged manipulations of real photographs (London set): realistic faces, but only ~100 identities.",
@@ -175,7 +175,9 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
         data=DataConfig(world="ffpp", pairs=(360, 70, 70)),
-        prepare=PrepareConfig(train_frames=200, eval_frames=10, crop_size=299, workers=8),
+        # JPEG q95 crops + PNG masks: ~29 GB instead of ~390 GB raw, ~600-800 crops/s per decoding process
+        # (benchmarks/cache_formats.py); cpu and tiny keep the raw, decode-free cache (64-px crops, MBs)
+        prepare=PrepareConfig(train_frames=200, eval_frames=10, crop_size=299, workers=8, cache_format="jpeg"),
         # the official ESR schedule (reference-facts §A.5): 50 + 20 epochs per branch, SGD 0.9, lr 0.1 / 0.01,
         # StepLR(10, 0.5), batch 32, validation every 2 epochs, <= 5000 images per class re-sampled per branch
         fer=FERConfig(branches=9, epochs=50, schedule="grow", first_epochs=50, branch_epochs=20, lr=0.1,

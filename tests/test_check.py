@@ -235,18 +235,21 @@ def test_timm_weights_not_cached_is_a_warning_saying_how_to_give_a_file(monkeypa
 # --------------------------------------------------------------------------------------------------------- disk
 def test_cache_estimate_and_disk_warning(tmp_path, monkeypatch):
     paper = PRESETS["paper"]
+    raw = dataclasses.replace(paper, prepare=dataclasses.replace(paper.prepare, cache_format="npy"))
     one_pair = {s: [("000", "001")] for s in ("train", "val", "test")}
     # per compression: 2 originals × 3 bytes + 3 methods × 2 fakes × (3 + 1 mask) bytes = 30 bytes per pixel-frame
     # of 299² px; train 200 frames, val and test 10; two compressions
-    assert check.cache_bytes(paper, one_pair) == 30 * 299 * 299 * (200 + 10 + 10) * 2 == 1_180_093_200
+    assert check.cache_bytes(raw, one_pair) == 30 * 299 * 299 * (200 + 10 + 10) * 2 == 1_180_093_200
+    # the paper preset's JPEG cache: 2 × 0.31 + 6 × (0.31 + 0.02) = 2.6 bytes per pixel-frame
+    assert check.cache_bytes(paper, one_pair) == round(2.6 * 299 * 299 * (200 + 10 + 10) * 2)
     monkeypatch.setattr(check.shutil, "disk_usage", lambda p: SimpleNamespace(free=5 * 10**8))
-    findings = check.check_disk(paper, tmp_path / "cache", one_pair)
+    findings = check.check_disk(raw, tmp_path / "cache", one_pair)
     assert problems(findings, WARNING) == ["the face cache needs up to 1.2 GB (200/10 train/eval frames per video, "
-                                           "299-px crops); 0.5 GB free"]
+                                           "299-px crops, npy cache); 0.5 GB free"]
     assert findings[0].path == tmp_path
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "summary.json").write_text("{}")  # prepare finished: nothing more is needed
-    assert check.check_disk(paper, tmp_path / "cache", one_pair) == []
+    assert check.check_disk(raw, tmp_path / "cache", one_pair) == []
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

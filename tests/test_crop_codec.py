@@ -36,6 +36,10 @@ def test_png_round_trip_is_exact_and_offsets_index_each_crop() -> None:
     assert len(decoded) == 3
     for i, crop in enumerate(crops):
         assert np.array_equal(decoded[i], crop)  # lossless, RGB order kept
+    masks = [np.eye(8, dtype=np.uint8), np.zeros((8, 8), np.uint8)]
+    data, offsets = encode_crops(masks, "png")
+    back = EncodedCrops(data, offsets, "v.masks.png.npy", mask=True)
+    assert [m.tolist() for m in (back[0], back[1])] == [m.tolist() for m in masks]  # {0, 1} kept exactly
 
 
 def test_jpeg_q95_is_close_and_smaller_than_raw() -> None:
@@ -50,8 +54,8 @@ def test_jpeg_q95_is_close_and_smaller_than_raw() -> None:
 def test_bad_inputs_name_the_problem() -> None:
     with pytest.raises(ValueError, match="unknown cache format 'webp'"):
         encode_crops([_smooth(0)], "webp")
-    with pytest.raises(ValueError, match=r"crop 1: expected an \(H, W, 3\) uint8"):
-        encode_crops([_smooth(0), np.zeros((4, 4), np.uint8)], "png")
+    with pytest.raises(ValueError, match=r"crop 1: expected an \(H, W, 3\) uint8 RGB image or an \(H, W\) uint8 mask"):
+        encode_crops([_smooth(0), np.zeros((4, 4, 2), np.uint8)], "png")
     data, offsets = encode_crops([_smooth(0)], "png")
     with pytest.raises(ValueError, match="x.npy: crop offsets do not fit"):
         EncodedCrops(data, [0, len(data) + 5], "x.npy")
@@ -81,6 +85,7 @@ def test_a_compressed_cache_gives_the_raw_cache_items(caches) -> None:
     assert raw.samples == png.samples == jpeg.samples and len(raw) > 0
     assert entry_paths(caches["png"], "c23", "Face2Face", "000_001", "png")["crops"].name == "000_001.crops.png.npy"
     assert not entry_paths(caches["png"], "c23", "Face2Face", "000_001")["crops"].exists()  # no raw array written
+    assert entry_paths(caches["jpeg"], "c23", "Face2Face", "000_001", "jpeg")["masks"].is_file()  # masks: PNG
     for i in range(len(raw)):
         a, b, c = raw[i], png[i], jpeg[i]
         for key in ("image", "fer_image", "mask", "label"):

@@ -3,9 +3,10 @@
 ``prepare``'s decode-free cache stores every crop as raw uint8, ``S² · 3`` bytes a frame: at the paper's protocol
 (200 training frames per video, 299-px crops, §IV-A) that is ~300 GB. A compressed cache stores each crop as a JPEG
 (quality :data:`JPEG_QUALITY`) or a lossless PNG instead, the encodings of one video concatenated in one 1-D uint8
-``.npy`` (memory-mapped like the raw arrays) with their byte offsets in the video's JSON. Masks stay raw uint8
-(``S²`` bytes, fakes only). Crops are encoded with OpenCV (the library ``prepare`` already reads videos with) and
-decoded with ``torchvision.io`` (libjpeg-turbo / libpng), in the DataLoader's processes.
+``.npy`` (memory-mapped like the raw arrays) with their byte offsets in the video's JSON; the {0, 1} masks of the
+fakes go the same way as lossless PNGs in either compressed format (raw, they would be a fifth of the paper's cache).
+Images are encoded with OpenCV (the library ``prepare`` already reads videos with) and decoded with ``torchvision.io``
+(libjpeg-turbo / libpng), in the DataLoader's processes.
 
 Formats (:data:`CACHE_FORMATS`): ``npy`` (raw, the default of the small presets), ``jpeg``, ``png``. Which preset uses
 which is chosen from ``benchmarks/cache_formats.py`` (size and decode rate, ``results/benchmarks/cache_formats.json``).
@@ -27,6 +28,13 @@ JPEG_QUALITY = 95
 PNG_COMPRESSION = 3
 
 
+#: Upper estimates of the bytes per pixel of a cached ``(crop, mask)`` in each format, for ``emd check``'s disk
+#: estimate (:func:`emdlib.check.cache_bytes`): raw exactly; JPEG q95 and PNG crops the 95th percentile over 60 London
+#: faces at 299 px (0.308 and 1.317), masks twice the mean of FF++'s official sample masks as PNG (0.0094), measured
+#: by ``benchmarks/cache_formats.py`` (``results/benchmarks/cache_formats.json``).
+BYTES_PER_PIXEL: dict[str, tuple[float, float]] = {"npy": (3.0, 1.0), "jpeg": (0.31, 0.02), "png": (1.32, 0.02)}
+
+
 def check_format(cache_format: str) -> str:
     """``cache_format`` if it is one of :data:`CACHE_FORMATS`; ValueError naming the choices otherwise."""
     if cache_format not in CACHE_FORMATS:
@@ -35,11 +43,12 @@ def check_format(cache_format: str) -> str:
 
 
 def encode_crops(crops: Sequence[np.ndarray], cache_format: str) -> tuple[np.ndarray, list[int]]:
-    """Encode RGB uint8 crops ``(S, S, 3)`` as ``cache_format`` (``jpeg`` or ``png``).
+    """Encode RGB uint8 crops ``(S, S, 3)`` — or single-channel uint8 masks ``(S, S)`` — as ``cache_format``
+    (``jpeg`` or ``png``; masks are always given ``png``, lossless).
 
     Returns ``(data, offsets)``: ``data`` the encodings concatenated, a 1-D uint8 array; ``offsets`` the ``len(crops)
     + 1`` byte offsets, crop ``i`` being ``data[offsets[i]:offsets[i + 1]]``. Raises ValueError for ``npy`` or an
-    unknown format, or a crop that is not ``(H, W, 3)`` uint8.
+    unknown format, or an image that is neither ``(H, W, 3)`` nor ``(H, W)`` uint8.
     """
     if check_format(cache_format) == "npy":
         raise ValueError("the npy cache stores raw arrays; nothing to encode")
@@ -47,9 +56,11 @@ def encode_crops(crops: Sequence[np.ndarray], cache_format: str) -> tuple[np.nda
                    else (".png", [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]))
     parts, offsets = [], [0]
     for i, crop in enumerate(crops):
-        if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
-            raise ValueError(f"crop {i}: expected an (H, W, 3) uint8 RGB image, got {crop.dtype} {crop.shape}")
-        ok, buf = cv2.imencode(ext, cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params)
+        rgb = crop.ndim == 3 and crop.shape[2] == 3
+        if crop.dtype != np.uint8 or not (rgb or crop.ndim == 2):
+            raise ValueError(f"crop {i}: expected an (H, W, 3) uint8 RGB image or an (H, W) uint8 mask, got "
+                             f"{crop.dtype} {crop.shape}")
+        ok, buf = cv2.imencode(ext, cv2.cvtColor(crop, cv2.COLOR_RGB2BGR) if rgb else crop, params)
         if not ok:
             raise ValueError(f"crop {i}: OpenCV could not encode it as {cache_format}")
         parts.append(buf.reshape(-1))
@@ -58,29 +69,31 @@ def encode_crops(crops: Sequence[np.ndarray], cache_format: str) -> tuple[np.nda
     return data, offsets
 
 
-def decode_crop(encoded: np.ndarray) -> np.ndarray:
-    """One encoded crop (1-D uint8, JPEG or PNG) → ``(S, S, 3)`` uint8 RGB, by ``torchvision.io.decode_image``.
-    Raises RuntimeError (torchvision's) for bytes that are neither."""
+def decode_crop(encoded: np.ndarray, mask: bool = False) -> np.ndarray:
+    """One encoded crop (1-D uint8, JPEG or PNG) → ``(S, S, 3)`` uint8 RGB, or with ``mask`` an ``(S, S)`` uint8
+    mask, by ``torchvision.io.decode_image``. Raises RuntimeError (torchvision's) for bytes that are neither."""
     from torchvision.io import ImageReadMode, decode_image
 
-    image = decode_image(torch.from_numpy(np.array(encoded, dtype=np.uint8)), mode=ImageReadMode.RGB)
-    return image.permute(1, 2, 0).numpy()
+    image = decode_image(torch.from_numpy(np.array(encoded, dtype=np.uint8)),
+                         mode=ImageReadMode.GRAY if mask else ImageReadMode.RGB)
+    return image[0].numpy() if mask else image.permute(1, 2, 0).numpy()
 
 
 class EncodedCrops:
     """The crops of one video in an encoded cache, indexed like the raw ``(N, S, S, 3)`` array.
 
     ``data``: the video's concatenated encodings (1-D uint8, typically a read-only memory map); ``offsets``: the
-    ``N + 1`` byte offsets from its JSON; ``source`` names the file in errors. ``crops[i]`` decodes crop ``i``
-    (:func:`decode_crop`). Raises ValueError when the offsets do not fit the data (a cache written by another run).
+    ``N + 1`` byte offsets from its JSON; ``source`` names the file in errors; ``mask``: the video's masks rather
+    than its crops. ``crops[i]`` decodes crop ``i`` (:func:`decode_crop`). Raises ValueError when the offsets do not
+    fit the data (a cache written by another run).
     """
 
-    def __init__(self, data: np.ndarray, offsets: Sequence[int], source: str = "<memory>"):
+    def __init__(self, data: np.ndarray, offsets: Sequence[int], source: str = "<memory>", mask: bool = False):
         offsets = [int(o) for o in offsets]
         if not offsets or offsets[0] != 0 or offsets[-1] != len(data) or any(b < a for a, b in zip(offsets,
                                                                                                   offsets[1:])):
             raise ValueError(f"{source}: crop offsets do not fit its {len(data)} bytes (rerun prepare)")
-        self.data, self.offsets, self.source = data, offsets, source
+        self.data, self.offsets, self.source, self.mask = data, offsets, source, mask
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -88,4 +101,4 @@ class EncodedCrops:
     def __getitem__(self, row: int) -> np.ndarray:
         if not 0 <= row < len(self):
             raise IndexError(f"{self.source}: crop {row} of {len(self)}")
-        return decode_crop(self.data[self.offsets[row]:self.offsets[row + 1]])
+        return decode_crop(self.data[self.offsets[row]:self.offsets[row + 1]], self.mask)

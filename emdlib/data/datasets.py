@@ -138,8 +138,9 @@ class ManipulationDataset(Dataset):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: cache entry missing (manifest and cache disagree; rerun prepare)")
             arr = np.load(path, mmap_mode="r")
-            if kind == "crops" and self.cache_format != "npy":
-                arr = EncodedCrops(arr, read_json(paths["meta"]).get("crop_offsets", []), str(path))
+            if self.cache_format != "npy":
+                offsets = read_json(paths["meta"]).get("crop_offsets" if kind == "crops" else "mask_offsets", [])
+                arr = EncodedCrops(arr, offsets, str(path), mask=kind == "masks")
             self._arrays[key] = arr
         return arr
 

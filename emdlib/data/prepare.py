@@ -24,6 +24,9 @@ Cache layout (one entry per video, ``<cache>/<comp>/<Method | original>/<video>`
 ----------------------------------------------------------------------------------
 * ``<video>.crops.npy`` — ``(N, S, S, 3)`` uint8 RGB face crops, one per cached frame (``np.load(mmap_mode="r")``);
 * ``<video>.masks.npy`` — ``(N, S, S)`` uint8 {0, 1} mask crops (fakes only; all zero where the mask is unusable);
+* with ``PrepareConfig.cache_format`` ``jpeg`` or ``png`` (:mod:`emdlib.data.crop_codec`): ``<video>.crops.<format>.npy``
+  and ``<video>.masks.png.npy`` instead — the encoded crops (masks: lossless PNG) concatenated, 1-D uint8, their byte
+  offsets in the JSON (``crop_offsets``, ``mask_offsets``);
 * ``<video>.json`` — written **last**, so its presence marks a finished video: split, frame count, sampled frames,
   and one manifest row per sampled frame (``row`` = index into the arrays, -1 when nothing was cached).
 * ``<cache>/boxes/<target>.json`` — the pristine detections; ``<cache>/prepare.json`` — the parameters the cache was
@@ -102,11 +105,14 @@ def sample_indices(n_frames: int, k: int) -> list[int]:
 def entry_paths(cache: str | os.PathLike, comp: str, method: str, video: str,
                 cache_format: str = "npy") -> dict[str, Path]:
     """Cache files of one video: ``crops`` (``.crops.npy``, or ``.crops.jpeg.npy`` / ``.crops.png.npy`` — the
-    encodings of :mod:`emdlib.data.crop_codec` — in a compressed cache), ``masks`` (``.masks.npy``) and ``meta``
-    (``.json``)."""
+    encodings of :mod:`emdlib.data.crop_codec` — in a compressed cache), ``masks`` (``.masks.npy``, or
+    ``.masks.png.npy`` in a compressed cache) and ``meta`` (``.json``)."""
     base = Path(cache) / comp / method
-    crops = f"{video}.crops.npy" if check_format(cache_format) == "npy" else f"{video}.crops.{cache_format}.npy"
-    return {"crops": base / crops, "masks": base / f"{video}.masks.npy", "meta": base / f"{video}.json"}
+    if check_format(cache_format) == "npy":
+        return {"crops": base / f"{video}.crops.npy", "masks": base / f"{video}.masks.npy",
+                "meta": base / f"{video}.json"}
+    return {"crops": base / f"{video}.crops.{cache_format}.npy", "masks": base / f"{video}.masks.png.npy",
+            "meta": base / f"{video}.json"}
 
 
 def cache_format(cache: str | os.PathLike) -> str:
@@ -397,8 +403,12 @@ def _write_outputs(group: _Group, item: _Item, result: dict[str, Any], crops: li
         data, offsets = encode_crops(crops, group.cache_format)
         write_npy(paths["crops"], data)
         encoded = {"cache_format": group.cache_format, "crop_offsets": offsets}
-    if masks:
+    if masks and group.cache_format == "npy":
         write_npy(paths["masks"], np.stack(masks))
+    elif masks:
+        data, offsets = encode_crops(masks, "png")
+        write_npy(paths["masks"], data)
+        encoded["mask_offsets"] = offsets
     meta = {
         "version": CACHE_VERSION, "split": group.split, "method": item.method, "compression": item.comp,
         "video": item.video, "target": group.target, "path": item.path, "mask": item.mask,
