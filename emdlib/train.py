@@ -19,6 +19,15 @@ seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(
 ``last.safetensors`` (model + flattened optimiser state + RNG states; scalars in the JSON sidecar, nothing pickled) is
 written after every epoch, and :func:`fit` resumes from it, ending exactly where an uninterrupted run ends.
 
+Data parallel (``torchrun --nproc_per_node=N``, or :func:`emdlib.distributed.launch`): when a ``torch.distributed``
+process group of N > 1 processes is initialised, :func:`fit` wraps the network in ``DistributedDataParallel``
+(gradients all-reduced; optionally ``SyncBatchNorm``, ``TrainConfig.sync_bn``), draws each rank's batches with a
+``DistributedSampler`` (``set_epoch`` every epoch), splits the GLOBAL ``batch_size`` into ``batch_size / N`` per
+process, computes validation accuracy and losses over all ranks' shards together, and only rank 0 writes
+checkpoints (the unwrapped module's ``state_dict``: a DDP checkpoint loads in one process and vice versa).
+:func:`predict` shards the data without padding and gathers every rank's predictions in dataset order. Without a
+process group (``WORLD_SIZE`` unset or 1) nothing of this runs: same RNG draws, batches, losses and checkpoints.
+
 :func:`predict` turns a model and a dataset into the numpy arrays :mod:`emdlib.metrics` consumes.
 """
 
@@ -37,13 +46,15 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 # tqdm.asyncio, not tqdm.auto: plain-text bars, never ipywidgets (which executed notebooks cannot show outside
 # Jupyter). Not plain tqdm either: the asyncio variant (which tqdm.auto also builds on) makes one iterator of the
 # DataLoader when the bar is created, and that iterator draws from the loader's seeded generator; the shuffle order
 # of every recorded run depends on that draw, so changing the bar class would change the results.
 from tqdm.asyncio import tqdm
 
+from emdlib import distributed
 from emdlib.checkpoint import CheckpointError, load_checkpoint, load_meta, repair_sidecar, save_checkpoint
 from emdlib.io import remove_stale_temps
 from emdlib.models.detector import DetectorNet, DetectorOutput
@@ -67,6 +78,11 @@ class TrainConfig:
     (:func:`make_optimizer`): ``optimizer`` ``"adam"`` (``betas``, ``eps``) or ``"sgd"`` (``momentum``), ``lr`` and
     ``weight_decay`` (L2) for both; the defaults are EMD's Adam (§IV-B). A baseline's values come from its recipe
     (:mod:`emdlib.recipes`). Raises ValueError for another optimiser name.
+
+    ``batch_size`` is the GLOBAL batch: under data parallelism with N processes each takes ``batch_size / N``
+    (:func:`emdlib.distributed.per_rank_batch`), so one optimiser step always sees ``batch_size`` images.
+    ``sync_bn``: with N > 1 processes on CUDA, BatchNorm layers become ``torch.nn.SyncBatchNorm`` (batch statistics
+    over the global batch); ignored in a single process.
     """
 
     warmup_epochs: int = 3
@@ -87,6 +103,7 @@ class TrainConfig:
     image_size: int | None = None  # recorded in checkpoint sidecars (emd detect needs it)
     max_batches: int | None = None  # cap on training batches per epoch (smoke runs); None = the whole set
     precise_bn: bool = False  # BatchNorm population statistics before each validation (recompute_bn_statistics)
+    sync_bn: bool = False  # data parallel on CUDA only: SyncBatchNorm (statistics over the global batch)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -185,8 +202,17 @@ def set_deterministic(enabled: bool = True) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it)."""
+                pin_memory: bool = False, sampler: Sampler | None = None) -> DataLoader:
+    """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it).
+
+    ``sampler`` (data parallel training: a ``DistributedSampler``, which shuffles itself) replaces ``shuffle``'s
+    order; the final batch of size 1 is counted on this rank's share (``len(sampler)``)."""
+    if sampler is not None:
+        n = len(sampler)
+        drop_last = shuffle and n % batch_size == 1 and n > 1
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+                          pin_memory=pin_memory, persistent_workers=False)
     drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
@@ -213,15 +239,18 @@ def compute_loss(model: DetectorNet, output: DetectorOutput, batch: Mapping[str,
 
 
 def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
+               net: nn.Module | None = None) -> dict[str, float]:
     """One optimisation step on a batch already on the model's device; returns the loss parts.
 
     ``model.after_step()`` is called after every optimiser step (e.g. Bayar & Stamm's constraint projection).
+    ``net``: the module the forward pass goes through when it is not ``model`` itself — its
+    ``DistributedDataParallel`` wrapper, which all-reduces (averages) the gradients over the processes.
     """
     optimizer.zero_grad(set_to_none=True)
     device_type = batch["image"].device.type
     with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        output = forward(model, batch)
+        output = forward(model if net is None else net, batch)
         loss, parts = compute_loss(model, output, batch)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss {parts}")
@@ -239,7 +268,11 @@ def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.op
 @torch.no_grad()
 def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: torch.device,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
-    """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``."""
+    """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``.
+
+    Under data parallelism each rank passes its shard of the validation set (:func:`emdlib.distributed.shard_indices`)
+    and the counts and per-image loss sums of all ranks are added before dividing: the accuracy of the whole set,
+    never an average of per-rank accuracies. Raises ValueError when the (whole) set is empty."""
     was_training = model.training
     model.eval()
     n, correct, sums = 0, 0, {}
@@ -254,6 +287,12 @@ def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: to
             sums[name] = sums.get(name, 0.0) + v * k
         n += k
     model.train(was_training)
+    if distributed.is_distributed():
+        shards = distributed.gather((n, correct, sums))
+        n, correct, sums = sum(s[0] for s in shards), sum(s[1] for s in shards), {}
+        for _, _, part in shards:
+            for name, v in part.items():
+                sums[name] = sums.get(name, 0.0) + v
     if n == 0:
         raise ValueError("validation set is empty")
     return {"accuracy": correct / n, **{k: v / n for k, v in sums.items()}}
@@ -469,17 +508,35 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
     "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.
+
+    Data parallel (an initialised process group of N > 1 processes, module docstring): every rank calls ``fit`` with
+    the same arguments; each takes ``config.batch_size / N`` images per step (ValueError when not divisible) from a
+    ``DistributedSampler`` seeded with ``config.seed`` (``set_epoch`` each epoch); the recorded training losses are
+    means over all ranks' images; rank 0 alone writes the checkpoints (the others wait at a barrier) and every rank
+    returns the same summary with the best weights loaded. A run resumes only under the number of processes it was
+    started with (ValueError otherwise; recorded as ``world_size`` in the sidecars). ``config.sync_bn`` on CPU
+    raises ValueError (``SyncBatchNorm`` runs on GPUs only).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ddp = distributed.is_distributed()
+    world, rank = distributed.world_size(), distributed.rank()
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_data) == 0:
         raise ValueError("training set is empty")
-    device = resolve_device(config.device)
+    device = resolve_device(distributed.local_device(config.device) if ddp else config.device)
+    batch_size = distributed.per_rank_batch(config.batch_size, world) if ddp else config.batch_size
+    if ddp and config.sync_bn and device.type == "cpu":
+        raise ValueError("sync_bn: torch.nn.SyncBatchNorm runs on GPUs only; train on CUDA or set sync_bn=False")
     if config.deterministic:
         set_deterministic(True)
     seed_everything(config.seed)
     amp_dtype = _amp_dtype(device, config.amp)
     channels_last = config.channels_last and device.type == "cuda"
+    if ddp and config.sync_bn:
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if converted is not model:  # the network's own BatchNorm layers are replaced in place
+            raise TypeError(f"{type(model).__name__} is a BatchNorm layer itself; cannot convert it in place")
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -490,14 +547,17 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
                                momentum=config.momentum, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     base_meta = {"model": model.spec(), "image_size": config.image_size, "config": config.to_dict(),
-                 **dict(meta or {})}
+                 **({"world_size": world} if ddp else {}), **dict(meta or {})}
     if config.warmup_epochs and not model.has_warmup():
         log.info("%s has no warm-up of its own; warm-up epochs train the whole network", type(model).__name__)
 
     history: list[dict] = []
     best_acc, best_loss, best_epoch, start = -math.inf, math.inf, None, 0
     last_path, best_path = out_dir / LAST, out_dir / BEST
-    remove_stale_temps(out_dir, recursive=False)  # half-written files of a killed run
+    if ddp and not distributed.is_main():
+        distributed.barrier()  # rank 0 first removes half-written files and repairs the checkpoints it resumes
+    else:
+        remove_stale_temps(out_dir, recursive=False)  # half-written files of a killed run
     if resume and last_path.is_file():
         prev = _resume_state(last_path, model, optimizer, scaler, device)
         if prev is not None:
@@ -507,19 +567,35 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
                     raise ValueError(f"{last_path}: cannot resume, {key}={recorded!r} in the "
                                      f"checkpoint but {getattr(config, key)!r} now (use another out_dir or "
                                      "resume=False)")
+            if int(prev.get("world_size", 1)) != world:
+                raise ValueError(f"{last_path}: cannot resume, trained on {prev.get('world_size', 1)} processes but "
+                                 f"{world} now (resume with the same number, or use another out_dir or resume=False)")
             start, history = int(prev["epoch"]), list(prev.get("history", []))
             best_epoch, best_acc, best_loss = _best_so_far(best_path, prev)
             log.info("resuming %s from epoch %d (best epoch so far: %s)", last_path, start, best_epoch)
+    if ddp and distributed.is_main():
+        distributed.barrier()
 
-    val_loader = (make_loader(val_data, config.batch_size, False, config.seed, config.num_workers,
-                              device.type == "cuda") if val_data is not None and len(val_data) else None)
+    if val_data is not None and len(val_data) and ddp:
+        val_data = Subset(val_data, distributed.shard_indices(len(val_data), rank, world))
+    val_loader = (make_loader(val_data, batch_size, False, config.seed, config.num_workers,
+                              device.type == "cuda") if val_data is not None and (len(val_data) or ddp) else None)
+    sampler = (DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+               if ddp else None)
+    net, net_phase = None, None  # the DistributedDataParallel wrapper, rebuilt when the trained parameters change
     t_start = time.perf_counter()
     for epoch in range(start, config.total_epochs):
         warmup = epoch < config.warmup_epochs
         set_trainable(model, trainable, warmup)
-        seed_everything(_epoch_seed(config.seed, epoch))
-        loader = make_loader(train_data, config.batch_size, True, _epoch_seed(config.seed, epoch),
-                             config.num_workers, device.type == "cuda")
+        if ddp and net_phase != warmup:  # DDP all-reduces the parameters that require grad when it is built
+            net = None  # the previous wrapper's gradient hooks go with it
+            net, net_phase = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                     else None, find_unused_parameters=True), warmup
+        seed_everything(_epoch_seed(config.seed, epoch) + rank)  # rank 0: the single-process seeds
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = make_loader(train_data, batch_size, True, _epoch_seed(config.seed, epoch),
+                             config.num_workers, device.type == "cuda", sampler=sampler)
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -530,18 +606,24 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
             if config.max_batches is not None and i >= config.max_batches:
                 break
             batch = move_batch(batch, device, channels_last)
-            parts = train_step(model, batch, optimizer, scaler, amp_dtype)
+            parts = train_step(model, batch, optimizer, scaler, amp_dtype, net=net)
             k = len(batch["label"])
             for name, v in parts.items():
                 sums[name] = sums.get(name, 0.0) + v * k
             n += k
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        if ddp:  # means over every rank's images; the ranks' BatchNorm statistics become rank 0's (those saved)
+            names = sorted(sums)
+            *totals, n = distributed.all_sum([sums[k] for k in names] + [n])
+            sums, n = dict(zip(names, totals)), int(n)
+            distributed.broadcast_buffers(model)
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": "warmup" if warmup else "full",
                                   **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, "train_images": n}
-        if config.precise_bn:
+        if config.precise_bn:  # every rank reads the whole training split, as one process does: same statistics
             recompute_bn_statistics(model, make_loader(train_data, config.batch_size, False, config.seed,
                                                        config.num_workers, device.type == "cuda"),
                                     device, amp_dtype, channels_last, config.max_batches)
+            distributed.broadcast_buffers(model)
         if val_loader is not None:
             val = validate(model, val_loader, device, amp_dtype, channels_last)
             record.update({f"val_{k}": v for k, v in val.items()})
@@ -551,19 +633,23 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
         if is_better(acc, loss, best_acc, best_loss) or val_loader is None:
             best_acc, best_loss = (acc, loss) if acc is not None else (best_acc, best_loss)
             best_epoch = epoch + 1
-            save_checkpoint(best_path, model.state_dict(),
-                            {**base_meta, "kind": "best", "epoch": epoch + 1, "val": {k[4:]: v for k, v in record.items()
-                                                                                       if k.startswith("val_")}})
-        save_training_state(last_path, model, optimizer, scaler, epoch + 1,
-                            {**base_meta, "history": history, "best_epoch": best_epoch,
-                             "best_val_accuracy": None if best_acc == -math.inf else best_acc,
-                             "best_val_loss": None if best_loss == math.inf else best_loss})
+            if distributed.is_main():
+                save_checkpoint(best_path, model.state_dict(),
+                                {**base_meta, "kind": "best", "epoch": epoch + 1,
+                                 "val": {k[4:]: v for k, v in record.items() if k.startswith("val_")}})
+        if distributed.is_main():
+            save_training_state(last_path, model, optimizer, scaler, epoch + 1,
+                                {**base_meta, "history": history, "best_epoch": best_epoch,
+                                 "best_val_accuracy": None if best_acc == -math.inf else best_acc,
+                                 "best_val_loss": None if best_loss == math.inf else best_loss})
+        distributed.barrier()  # the epoch's checkpoints are complete before any rank goes on
         log.info("epoch %d/%d %s: %s", epoch + 1, config.total_epochs, record["phase"],
                  ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
         if on_epoch_end is not None:
             on_epoch_end(record)
 
     set_trainable(model, trainable, warmup=False)
+    distributed.barrier()
     if best_path.is_file():
         state, best_meta = load_checkpoint(best_path, device=device)
         model.load_state_dict(state)
@@ -582,7 +668,7 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
 @torch.no_grad()
 def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.device | None = None,
             batch_size: int = 16, pixels_per_image: int = 256, seed: int = 0, keep_masks: bool = False,
-            amp: bool = True, num_workers: int = 0) -> dict[str, np.ndarray]:
+            amp: bool = True, num_workers: int = 0, shard: bool | None = None) -> dict[str, np.ndarray]:
     """Run ``model`` over ``data`` and collect what :mod:`emdlib.metrics` needs, as numpy arrays.
 
     Always: ``prob`` (P(fake) = softmax(logits)[:, 1]), ``label``, ``method``, ``compression``, ``video``, ``frame``.
@@ -590,7 +676,22 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     reference-facts §E.2) and confusion counts ``pixel_tp``/``pixel_fp``/``pixel_fn``/``pixel_tn``; a seeded sample of
     ``pixels_per_image`` pixels per image for pixel-level ROC (``pixel_score``, ``pixel_label``, ``pixel_image``); and,
     with ``keep_masks``, every predicted probability map ``mask_prob`` (N, H, W) float16.
+
+    ``shard`` (None: whenever a process group of N > 1 processes is initialised; needs a Dataset, not a DataLoader):
+    every rank calls ``predict``, predicts the images ``rank::N`` (:func:`emdlib.distributed.shard_indices`: no
+    padding, each image once) and every rank returns the predictions of all ranks in dataset order
+    (``all_gather_object``), equal to one process's; the sampled pixels are the ones one process draws (the seeded
+    generator is advanced over the other ranks' images). ``device`` None under a process group on CUDA is the
+    process's ``cuda:LOCAL_RANK``.
     """
+    if shard is None:
+        shard = distributed.is_distributed() and not isinstance(data, DataLoader)
+    if shard:
+        if isinstance(data, DataLoader):
+            raise TypeError("predict(shard=True) needs a Dataset to shard, not a DataLoader")
+        device = distributed.local_device(device)
+        indices = distributed.shard_indices(len(data))
+        data = Subset(data, indices)
     device = resolve_device(device)
     loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, False, seed, num_workers)
     was_training = model.training
@@ -600,6 +701,7 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     cols: dict[str, list] = {k: [] for k in ("prob", "label", "method", "compression", "video", "frame")}
     pix: dict[str, list] = {}
     start = 0  # images predicted so far
+    drawn = 0  # images the pixel sampler has drawn for (in a shard, the other ranks' images too)
     for batch in tqdm(loader, desc="predict", leave=False, disable=None):
         batch = move_batch(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -624,10 +726,18 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
         hw = prob[0].numel()
         k = min(pixels_per_image, hw)
         if k > 0:
-            idx = torch.stack([torch.randperm(hw, generator=gen)[:k] for _ in range(n)]).to(device)
+            images = np.arange(first, first + n) if not shard else np.asarray(indices[first:first + n])
+            perms = []
+            for j in images:  # one permutation per image of the whole set, in dataset order
+                while drawn < j:
+                    torch.randperm(hw, generator=gen)
+                    drawn += 1
+                perms.append(torch.randperm(hw, generator=gen)[:k])
+                drawn += 1
+            idx = torch.stack(perms).to(device)
             pix.setdefault("pixel_score", []).append(prob.flatten(1).gather(1, idx).flatten().cpu().numpy())
             pix.setdefault("pixel_label", []).append(gt.flatten(1).gather(1, idx).flatten().cpu().numpy().astype(np.uint8))
-            pix.setdefault("pixel_image", []).append(np.repeat(np.arange(first, first + n), k))
+            pix.setdefault("pixel_image", []).append(np.repeat(images, k))
         if keep_masks:
             pix.setdefault("mask_prob", []).append(prob.cpu().numpy().astype(np.float16))
     model.train(was_training)
@@ -636,4 +746,34 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     result["label"] = result["label"].astype(np.int64)
     result["frame"] = result["frame"].astype(np.int64)
     result.update({k: np.concatenate(v) for k, v in pix.items()})
+    if shard:
+        result = _gather_predictions(result, np.asarray(indices, dtype=np.int64))
     return result
+
+
+#: Columns of :func:`predict` with one entry per sampled pixel (the others have one per image).
+PIXEL_SAMPLE_KEYS: tuple[str, ...] = ("pixel_score", "pixel_label", "pixel_image")
+
+
+def _gather_predictions(result: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Every rank's :func:`predict` columns (this rank's: images ``indices`` of the dataset), put together in
+    dataset order on every rank: per-image columns ordered by dataset index, sampled-pixel columns ordered by image
+    (``pixel_image`` holds dataset indices) keeping each image's draw order. A rank with no images contributes
+    nothing."""
+    shards = [(r, i) for r, i in distributed.gather((result, indices)) if len(i)]
+    if not shards:
+        return result
+    order = np.argsort(np.concatenate([i for _, i in shards]), kind="stable")
+    keys = shards[0][0].keys()
+    out: dict[str, np.ndarray] = {}
+    for key in keys:
+        parts = [r[key] for r, _ in shards if key in r]
+        if len(parts) != len(shards):
+            raise ValueError(f"predict: column {key!r} is missing on some ranks")
+        col = np.concatenate(parts)
+        if key in PIXEL_SAMPLE_KEYS:
+            col = col[np.argsort(np.concatenate([r["pixel_image"] for r, _ in shards]), kind="stable")]
+        else:
+            col = col[order]
+        out[key] = col
+    return out
