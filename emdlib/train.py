@@ -576,10 +576,11 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     if ddp and distributed.is_main():
         distributed.barrier()
 
-    if val_data is not None and len(val_data) and ddp:
+    has_val = val_data is not None and len(val_data) > 0
+    if has_val and ddp:  # each rank validates its shard (no padding; a shard may be empty), validate() adds them up
         val_data = Subset(val_data, distributed.shard_indices(len(val_data), rank, world))
-    val_loader = (make_loader(val_data, batch_size, False, config.seed, config.num_workers,
-                              device.type == "cuda") if val_data is not None and (len(val_data) or ddp) else None)
+    val_loader = (make_loader(val_data, batch_size, False, config.seed, config.num_workers, device.type == "cuda")
+                  if has_val else None)
     sampler = (DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
                if ddp else None)
     net, net_phase = None, None  # the DistributedDataParallel wrapper, rebuilt when the trained parameters change
