@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -160,18 +159,11 @@ def per_rank_batch(global_batch: int, world: int | None = None) -> int:
     return global_batch // w
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now (for a single-node rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = None,
            max_restarts: int = 0) -> T:
     """Run ``fn(*args)`` in ``nproc`` processes on this node, as ``torchrun --nproc_per_node=nproc`` would, through
-    ``torch.distributed.launcher.api.elastic_launch`` (c10d rendezvous on a free local port); returns rank 0's
-    return value.
+    ``torch.distributed.launcher.api.elastic_launch`` (c10d rendezvous on a free local port, as
+    ``torchrun --standalone``); returns rank 0's return value.
 
     ``fn`` must be importable by name (a module-level function: the processes are spawned) and should call
     :func:`init_from_env` (the launcher sets ``RANK``/``WORLD_SIZE``/…). ``nproc == 1`` calls ``fn(*args)`` in this
@@ -185,7 +177,7 @@ def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = No
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=run_id or uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0",
                           max_restarts=max_restarts, start_method="spawn")
     log.info("launching %s on %d processes", getattr(fn, "__qualname__", fn), nproc)
     return elastic_launch(config, fn)(*args)[0]

@@ -512,7 +512,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     Data parallel (an initialised process group of N > 1 processes, module docstring): every rank calls ``fit`` with
     the same arguments; each takes ``config.batch_size / N`` images per step (ValueError when not divisible) from a
     ``DistributedSampler`` seeded with ``config.seed`` (``set_epoch`` each epoch); the recorded training losses are
-    means over all ranks' images; rank 0 alone writes the checkpoints (the others wait at a barrier) and every rank
+    means over all ranks' images (``train_images`` counts the images stepped on, with the ``DistributedSampler``'s
+    padding repeats when the set does not divide by N); rank 0 alone writes the checkpoints (the others wait at a barrier) and every rank
     returns the same summary with the best weights loaded. A run resumes only under the number of processes it was
     started with (ValueError otherwise; recorded as ``world_size`` in the sidecars). ``config.sync_bn`` on CPU
     raises ValueError (``SyncBatchNorm`` runs on GPUs only).
@@ -681,7 +682,8 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     ``shard`` (None: whenever a process group of N > 1 processes is initialised; needs a Dataset, not a DataLoader):
     every rank calls ``predict``, predicts the images ``rank::N`` (:func:`emdlib.distributed.shard_indices`: no
     padding, each image once) and every rank returns the predictions of all ranks in dataset order
-    (``all_gather_object``), equal to one process's; the sampled pixels are the ones one process draws (the seeded
+    (``all_gather_object``), equal to one process's (bit for bit where each image meets a batch of the same size;
+    CPU kernels may round the mask of a batch of 1 and of 2 one ulp apart); the sampled pixels are the ones one process draws (the seeded
     generator is advanced over the other ranks' images). ``device`` None under a process group on CUDA is the
     process's ``cuda:LOCAL_RANK``.
     """

@@ -5,8 +5,8 @@
 * a 2-process run killed mid-epoch resumes and ends where an uninterrupted 2-process run ends;
 * the helpers of :mod:`emdlib.distributed` in a single process.
 
-This file is also the torchrun worker: ``python -m torch.distributed.run --nproc_per_node=2 tests/test_distributed.py
-MODE OUT RUN`` (see :func:`_worker`).
+This file is also the torchrun worker: ``python -m torch.distributed.run --standalone --nproc_per_node=2
+tests/test_distributed.py MODE OUT RUN`` (see :func:`_worker`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _worker(mode: str, out: Path, run: Path) -> None:
         model = _model(0)
         res = fit(model, KillAfter(tiny_items(12, seed=1), int(kill) if kill else None), tiny_items(5, seed=2),
                   run, CELL)
-        pred = predict(model, tiny_items(7, seed=3), batch_size=2, seed=1)
+        pred = predict(model, tiny_items(7, seed=3), batch_size=1, seed=1)  # same batch shapes as 1 process
     else:
         res = fit(BNFree(), tiny_items(8, seed=1), None, run,
                   TrainConfig(warmup_epochs=0, epochs=1, batch_size=8, device="cpu", seed=0))
@@ -96,8 +96,8 @@ def _worker(mode: str, out: Path, run: Path) -> None:
 
 
 def _torchrun(mode: str, out: Path, run: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=0",
-           f"--master_port={distributed.free_port()}", __file__, mode, str(out), str(run)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=0",
+           __file__, mode, str(out), str(run)]
     full_env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     full_env.update(OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                     **(env or {}))
@@ -123,7 +123,7 @@ def test_two_processes_predict_what_one_process_predicts_from_the_checkpoint(two
     assert meta["world_size"] == 2 and not any(k.startswith("module.") for k in state)  # unwrapped module
     model = _model(7)
     model.load_state_dict(state)
-    want = _numeric(predict(model, tiny_items(7, seed=3), device="cpu", batch_size=2, seed=1))
+    want = _numeric(predict(model, tiny_items(7, seed=3), device="cpu", batch_size=1, seed=1))
     assert sorted(got.files) == sorted(want) and len(want["prob"]) == 7  # each test image once
     assert np.array_equal(got["frame"], np.arange(7)) and np.array_equal(got["pixel_image"], want["pixel_image"])
     for k in want:
@@ -203,6 +203,20 @@ def test_launch_trains_on_two_processes_and_returns_rank_0s_gathered_predictions
         assert np.array_equal(got[k], want[k]), k
 
 
+def test_gathering_shards_restores_dataset_order():
+    from emdlib.train import _gather_predictions
+
+    # one process standing for rank 1 of 2 (images 1, 3): its columns come back as they are, in dataset order
+    shard = {"prob": np.array([0.1, 0.3]), "pixel_image": np.array([1, 1, 3, 3]), "pixel_score": np.arange(4.0)}
+    got = _gather_predictions(shard, np.array([1, 3]))
+    assert all(np.array_equal(got[k], v) for k, v in shard.items())
+    model = BNFree()
+    items = tiny_items(5, seed=3)
+    a = predict(model, items, device="cpu", batch_size=2, seed=1, pixels_per_image=3)
+    b = predict(model, items, device="cpu", batch_size=2, seed=1, pixels_per_image=3, shard=True)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_single_process_helpers():
     assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.gather({"a": 1}) == [{"a": 1}] and distributed.all_sum([1, 2.5]) == [1.0, 2.5]
@@ -216,6 +230,28 @@ def test_single_process_helpers():
     with pytest.raises(ValueError, match="nproc must be >= 1"):
         distributed.launch(print, 0)
     assert distributed.launch(sum, 1, [1, 2]) == 3
+
+
+def test_reproduce_nproc_reaches_the_notebooks_and_is_checked(tmp_path, monkeypatch):
+    from test_cli import write_notebook
+
+    from emdlib import cli
+    from emdlib.study.experiments import NPROC_ENV, default_nproc
+
+    monkeypatch.delenv(NPROC_ENV, raising=False)
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs, "00_env.ipynb", 'preset = "x"\nresults_root = "."\n',
+                   "import os, pathlib\n"
+                   f"pathlib.Path(results_root, preset, 'nproc.txt').write_text(os.environ['{NPROC_ENV}'])")
+    args = ["reproduce", "--preset", "tiny", "--notebooks", str(nbs), "--results", str(tmp_path / "res"),
+            "--data-root", str(tmp_path / "data")]
+    assert cli.main([*args, "--nproc", "0"]) == cli.EXIT_USAGE
+    assert cli.main([*args, "--nproc", "3"]) == 0
+    assert (tmp_path / "res" / "tiny" / "nproc.txt").read_text() == "3"
+    assert NPROC_ENV not in os.environ and default_nproc() == 1  # restored after the run
+    monkeypatch.setenv(NPROC_ENV, "x")
+    with pytest.raises(ValueError, match="EMD_NPROC='x': must be a positive integer"):
+        default_nproc()
 
 
 def test_init_from_env_without_torchrun(monkeypatch):
