@@ -591,8 +591,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
         set_trainable(model, trainable, warmup)
         if ddp and net_phase != warmup:  # DDP all-reduces the parameters that require grad when it is built
             net = None  # the previous wrapper's gradient hooks go with it
+            # every system's loss reaches every parameter that requires grad, in warm-up and after, also on batches of
+            # one class (checked for all SYSTEMS), so DDP need not search the graph for unused ones each step
             net, net_phase = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                     else None, find_unused_parameters=True), warmup
+                                                     else None, find_unused_parameters=False), warmup
         seed_everything(_epoch_seed(config.seed, epoch) + rank)  # rank 0: the single-process seeds
         if sampler is not None:
             sampler.set_epoch(epoch)
