@@ -15,6 +15,12 @@ One loop for EMD, its variants and every trainable baseline, through the detecto
   loss, :func:`is_better`) is kept (``best.safetensors``) and loaded back into the model at the end.
 
 Engineering: CUDA with AMP (bf16 where supported, else fp16 with a grad scaler) and channels_last, CPU otherwise;
+on CUDA batches come through pinned memory and are copied ``non_blocking``, and the loop adds no wait for the GPU
+inside a training step (a network may: the FER memo hashes its input on the host, fp16's grad scaler reads its
+scale): the loss parts are summed on the device and read once per :data:`LOG_EVERY` steps (progress bar,
+non-finite check) and at the epoch's end (loader workers: :func:`loader_workers`; not persistent, because every
+epoch re-seeds its workers from ``(seed, epoch)``, which is what makes a resumed run end where an uninterrupted one
+does);
 seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(seed, epoch)`` at each epoch start);
 ``last.safetensors`` (model + flattened optimiser state + RNG states; scalars in the JSON sidecar, nothing pickled) is
 written after every epoch, and :func:`fit` resumes from it, ending exactly where an uninterrupted run ends.
@@ -201,6 +207,17 @@ def set_deterministic(enabled: bool = True) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
+def loader_workers(device: torch.device, cap: int = 8) -> int:
+    """DataLoader worker processes for training on ``device``: none on the CPU (its cores compute the network; and
+    the CPU study's batches stay those of the committed results), on a GPU the CPU cores this process may use shared
+    by the training processes of this node (``LOCAL_WORLD_SIZE``, set by torchrun), at most ``cap``."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
+    return max(1, min(cap, cores // max(1, local)))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 pin_memory: bool = False, sampler: Sampler | None = None) -> DataLoader:
     """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it).
@@ -217,6 +234,10 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
                       persistent_workers=False)
+
+
+#: Training steps between two reads of the loss sums from the device in :func:`fit` (progress bar, non-finite check).
+LOG_EVERY = 25
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -238,10 +259,26 @@ def compute_loss(model: DetectorNet, output: DetectorOutput, batch: Mapping[str,
     return loss, parts
 
 
+def loss_parts_on_device(model: DetectorNet, output: DetectorOutput, batch: Mapping[str, Any]
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """As :func:`compute_loss`, but each part a detached 0-d float64 tensor on the loss's device: nothing is read
+    back to the host (no synchronisation with the GPU). float64 holds a float32 part exactly, so sums of these are
+    the sums :func:`compute_loss`'s floats give, bit for bit."""
+    loss, parts = model.compute_loss(output, batch)
+    out = {k: (v.detach() if torch.is_tensor(v) else torch.tensor(v)).to(loss.device, torch.float64)
+           for k, v in parts.items()}
+    out.setdefault("loss", loss.detach().to(torch.float64))
+    return loss, out
+
+
 def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
-               net: nn.Module | None = None) -> dict[str, float]:
+               net: nn.Module | None = None, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
     """One optimisation step on a batch already on the model's device; returns the loss parts.
+
+    ``sync`` (default): the parts as floats, and FloatingPointError for a non-finite loss. ``sync=False``: the parts
+    as device tensors (:func:`loss_parts_on_device`) and no check here — nothing waits for the GPU inside the step;
+    :func:`fit` reads its sums once per :data:`LOG_EVERY` steps and checks them then.
 
     ``model.after_step()`` is called after every optimiser step (e.g. Bayar & Stamm's constraint projection).
     ``net``: the module the forward pass goes through when it is not ``model`` itself — its
@@ -251,8 +288,8 @@ def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.op
     device_type = batch["image"].device.type
     with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = forward(model if net is None else net, batch)
-        loss, parts = compute_loss(model, output, batch)
-    if not torch.isfinite(loss):
+        loss, parts = (compute_loss if sync else loss_parts_on_device)(model, output, batch)
+    if sync and not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss {parts}")
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -487,6 +524,19 @@ def _best_so_far(best_path: Path, prev: Mapping[str, Any]) -> tuple[int | None, 
     return epoch, (-math.inf if acc is None else float(acc)), (math.inf if loss is None else float(loss))
 
 
+def _check_loss(device_sums: Mapping[str, torch.Tensor], n: int, epoch: int, step: int | None, bar: Any
+                ) -> dict[str, float]:
+    """The epoch's loss sums read from the device (one synchronisation), shown as running means on ``bar``; raises
+    FloatingPointError naming the epoch (and the step reached) when the loss is not finite."""
+    sums = {k: float(v) for k, v in device_sums.items()}
+    if sums and not math.isfinite(sums["loss"]):
+        where = f"epoch {epoch + 1}" + (f" by step {step}" if step is not None else "")
+        raise FloatingPointError(f"non-finite training loss in {where}: per-image sums {sums}")
+    if sums and n:
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+    return sums
+
+
 def is_better(acc: float | None, loss: float, best_acc: float, best_loss: float) -> bool:
     """Model selection (§IV-B keeps the best model on validation): higher accuracy, or the same at lower loss."""
     return acc is not None and (acc > best_acc or (acc == best_acc and loss < best_loss))
@@ -602,7 +652,7 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
                              config.num_workers, device.type == "cuda", sampler=sampler)
         model.train()
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
+        device_sums: dict[str, torch.Tensor] = {}  # per-image loss sums, float64 on the device: read once per LOG_EVERY
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.total_epochs}{' (warm-up)' if warmup else ''}",
                    leave=False, disable=None)
@@ -610,12 +660,14 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
             if config.max_batches is not None and i >= config.max_batches:
                 break
             batch = move_batch(batch, device, channels_last)
-            parts = train_step(model, batch, optimizer, scaler, amp_dtype, net=net)
+            parts = train_step(model, batch, optimizer, scaler, amp_dtype, net=net, sync=False)
             k = len(batch["label"])
             for name, v in parts.items():
-                sums[name] = sums.get(name, 0.0) + v * k
+                device_sums[name] = device_sums[name] + v * k if name in device_sums else v * k
             n += k
-            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            if (i + 1) % LOG_EVERY == 0:
+                _check_loss(device_sums, n, epoch, i + 1, bar)
+        sums = _check_loss(device_sums, n, epoch, None, bar)
         if ddp:  # means over every rank's images; the ranks' BatchNorm statistics become rank 0's (those saved)
             names = sorted(sums)
             *totals, n = distributed.all_sum([sums[k] for k in names] + [n])
@@ -698,7 +750,8 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
         indices = distributed.shard_indices(len(data))
         data = Subset(data, indices)
     device = resolve_device(device)
-    loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, False, seed, num_workers)
+    loader = (data if isinstance(data, DataLoader)
+              else make_loader(data, batch_size, False, seed, num_workers, pin_memory=device.type == "cuda"))
     was_training = model.training
     model.to(device).eval()
     amp_dtype = _amp_dtype(device, amp)

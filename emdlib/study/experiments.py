@@ -332,12 +332,15 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     """Train ``system`` on the cell's ``sets`` (:func:`emdlib.train.fit`, data parallel under a process group) and
     predict the test split; ``(predictions, training info, best checkpoint path)``. The recorded ``world_size`` is
     the number of processes that trained it."""
-    from emdlib.train import fit, predict
+    from emdlib.train import fit, loader_workers, predict, resolve_device
 
     model, spec = build_system(study, system)
-    cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device)
+    device = resolve_device(distributed.local_device(study.device) if distributed.is_distributed() else study.device)
+    cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device,
+                              num_workers=loader_workers(device))  # GPU: batches loaded by pinned-memory workers
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
-    pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed)
+    pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed,
+                   num_workers=cfg.num_workers)
     if getattr(getattr(model, "fer", None), "memo", None) is not None:
         log.info("%s: FER memo %s", name, model.fer.memo.stats())
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
