@@ -217,6 +217,43 @@ def test_gathering_shards_restores_dataset_order():
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_a_one_process_group_changes_nothing(tmp_path, monkeypatch):
+    """WORLD_SIZE=1 (and even an initialised group of one process) trains and predicts as no group does."""
+    import torch.distributed as dist
+
+    cfg = TrainConfig(warmup_epochs=1, epochs=1, batch_size=3, device="cpu", seed=2)
+    runs = {}
+    for name in ("plain", "group"):
+        if name == "group":
+            monkeypatch.setenv("WORLD_SIZE", "1")
+            assert distributed.init_from_env() is False
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        try:
+            model = BNFree()
+            res = fit(model, tiny_items(7, seed=1), tiny_items(3, seed=2), tmp_path / name, cfg)
+            runs[name] = (res["history"], predict(model, tiny_items(4, seed=3), device="cpu", batch_size=2))
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    (h1, p1), (h2, p2) = runs["plain"], runs["group"]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in h1] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in h2]
+    assert all(np.array_equal(p1[k], p2[k]) for k in p1)
+    a, _ = load_checkpoint(tmp_path / "plain" / "last.safetensors")
+    b, _ = load_checkpoint(tmp_path / "group" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "world_size" not in json.loads((tmp_path / "group" / "last.json").read_text())
+
+
+def test_loader_workers(monkeypatch):
+    from emdlib.train import loader_workers
+
+    assert loader_workers(torch.device("cpu")) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader_workers(torch.device("cuda"), cap=64) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert loader_workers(torch.device("cuda"), cap=1) == 1
+
+
 def test_single_process_helpers():
     assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.is_main()
     assert distributed.gather({"a": 1}) == [{"a": 1}] and distributed.all_sum([1, 2.5]) == [1.0, 2.5]
