@@ -165,7 +165,8 @@ def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = No
     ``torch.distributed.launcher.api.elastic_launch`` (c10d rendezvous on a free local port, as
     ``torchrun --standalone``); returns rank 0's return value.
 
-    ``fn`` must be importable by name (a module-level function: the processes are spawned) and should call
+    ``fn`` must be importable by name (a module-level function: the processes are spawned, so a script that calls
+    ``launch`` needs the ``if __name__ == "__main__":`` guard; a notebook does not) and should call
     :func:`init_from_env` (the launcher sets ``RANK``/``WORLD_SIZE``/…). ``nproc == 1`` calls ``fn(*args)`` in this
     process. Raises ValueError for ``nproc < 1`` and ``torch.distributed.elastic.multiprocessing.errors.ChildFailedError``
     (naming the failed rank and its error) when a process fails.

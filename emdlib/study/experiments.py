@@ -218,6 +218,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     if spec.kind == "steg_features_svm":
         pred, train_info, checkpoint = _run_svm(sets, recipe)
     elif nproc > 1 and not distributed.is_distributed():
+        distributed.per_rank_batch(train_config(spec, study.preset, seed).batch_size, nproc)  # before any launch
         pred, train_info, checkpoint = distributed.launch(_run_torch_process, nproc, study, spec, sets, name, seed,
                                                           run_id=name)
     else:
