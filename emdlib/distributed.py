@@ -159,6 +159,14 @@ def per_rank_batch(global_batch: int, world: int | None = None) -> int:
     return global_batch // w
 
 
+def processes_for_batch(global_batch: int, nproc: int) -> int:
+    """The most processes, at most ``nproc``, that split ``global_batch`` evenly (its largest divisor ≤ ``nproc``):
+    e.g. 5 for MesoNet's batch of 75 on 8 GPUs. Raises ValueError unless both are >= 1."""
+    if global_batch < 1 or nproc < 1:
+        raise ValueError(f"cannot split a batch of {global_batch} over {nproc} processes")
+    return max(d for d in range(1, min(nproc, global_batch) + 1) if global_batch % d == 0)
+
+
 def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = None,
            max_restarts: int = 0) -> T:
     """Run ``fn(*args)`` in ``nproc`` processes on this node, as ``torchrun --nproc_per_node=nproc`` would, through

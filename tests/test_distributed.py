@@ -260,6 +260,7 @@ def test_single_process_helpers():
     assert [list(distributed.shard_indices(7, r, 3)) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
     assert list(distributed.shard_indices(1, 1, 2)) == []
     assert distributed.per_rank_batch(16, 4) == 4
+    assert [distributed.processes_for_batch(b, 8) for b in (16, 75, 50, 64, 7, 3)] == [8, 5, 5, 8, 7, 3]
     with pytest.raises(ValueError, match="batch size 6 is the global batch and must be divisible by the 4"):
         distributed.per_rank_batch(6, 4)
     with pytest.raises(ValueError, match="cannot shard 3 items for rank 2 of 2"):

@@ -191,7 +191,8 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     Data parallel (:mod:`emdlib.distributed`), two ways: under ``torchrun`` every process calls ``run_cell`` with the
     same arguments and trains its share (:func:`emdlib.train.fit`); or, in one process (a notebook), ``nproc`` > 1
     (default :func:`default_nproc`, ``emd reproduce --nproc``) trains and predicts the cell in ``nproc`` processes
-    started through torch's launcher API (:func:`emdlib.distributed.launch`). Either way metrics are computed on the
+    started through torch's launcher API (:func:`emdlib.distributed.launch`) — fewer when the system's (global)
+    batch does not split evenly over ``nproc`` (:func:`emdlib.distributed.processes_for_batch`, with a warning). Either way metrics are computed on the
     gathered test predictions and only rank 0 writes the run record, the predictions and the checkpoints. The
     Steg.Features SVM has no training loop: it runs in this process only.
     """
@@ -217,9 +218,8 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     torch.manual_seed(seed)
     if spec.kind == "steg_features_svm":
         pred, train_info, checkpoint = _run_svm(sets, recipe)
-    elif nproc > 1 and not distributed.is_distributed():
-        distributed.per_rank_batch(train_config(spec, study.preset, seed).batch_size, nproc)  # before any launch
-        pred, train_info, checkpoint = distributed.launch(_run_torch_process, nproc, study, spec, sets, name, seed,
+    elif nproc > 1 and not distributed.is_distributed() and (procs := _processes(spec, study, seed, nproc, name)) > 1:
+        pred, train_info, checkpoint = distributed.launch(_run_torch_process, procs, study, spec, sets, name, seed,
                                                           run_id=name)
     else:
         pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
@@ -312,6 +312,16 @@ def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
     return TrainConfig.from_preset(preset.emd, seed=seed, warmup_epochs=warmup, epochs=epochs,
                                    batch_size=int(recipe.batch_size.value), precise_bn=preset.emd.baseline_precise_bn,
                                    **recipe.optimizer_settings())
+
+
+def _processes(system: System, study: Study, seed: int, nproc: int, name: str) -> int:
+    """How many of ``nproc`` processes train run ``name``: the recipe's batch is the global batch and must split
+    evenly (:func:`emdlib.distributed.processes_for_batch`; a warning when fewer)."""
+    batch = train_config(system, study.preset, seed).batch_size
+    procs = distributed.processes_for_batch(batch, nproc)
+    if procs < nproc:
+        log.warning("%s: batch %d does not split over %d processes; training on %d", name, batch, nproc, procs)
+    return procs
 
 
 def _run_torch_process(study: Study, system: System, sets: dict, name: str, seed: int):
