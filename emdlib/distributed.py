@@ -176,8 +176,9 @@ def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = No
     ``fn`` must be importable by name (a module-level function: the processes are spawned, so a script that calls
     ``launch`` needs the ``if __name__ == "__main__":`` guard; a notebook does not) and should call
     :func:`init_from_env` (the launcher sets ``RANK``/``WORLD_SIZE``/…). ``nproc == 1`` calls ``fn(*args)`` in this
-    process. Raises ValueError for ``nproc < 1`` and ``torch.distributed.elastic.multiprocessing.errors.ChildFailedError``
-    (naming the failed rank and its error) when a process fails.
+    process. Raises ValueError for ``nproc < 1`` and
+    ``torch.distributed.elastic.multiprocessing.errors.ChildFailedError`` (naming the failed rank and its error) when
+    a process fails.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")

@@ -563,10 +563,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     the same arguments; each takes ``config.batch_size / N`` images per step (ValueError when not divisible) from a
     ``DistributedSampler`` seeded with ``config.seed`` (``set_epoch`` each epoch); the recorded training losses are
     means over all ranks' images (``train_images`` counts the images stepped on, with the ``DistributedSampler``'s
-    padding repeats when the set does not divide by N); rank 0 alone writes the checkpoints (the others wait at a barrier) and every rank
-    returns the same summary with the best weights loaded. A run resumes only under the number of processes it was
-    started with (ValueError otherwise; recorded as ``world_size`` in the sidecars). ``config.sync_bn`` on CPU
-    raises ValueError (``SyncBatchNorm`` runs on GPUs only).
+    padding repeats when the set does not divide by N); rank 0 alone writes the checkpoints (the others wait at a
+    barrier) and every rank returns the same summary with the best weights loaded. A run resumes only under the
+    number of processes it was started with (ValueError otherwise; recorded as ``world_size`` in the sidecars).
+    ``config.sync_bn`` on CPU raises ValueError (``SyncBatchNorm`` runs on GPUs only).
     """
     out_dir = Path(out_dir)
     ddp = distributed.is_distributed()
@@ -737,9 +737,9 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     every rank calls ``predict``, predicts the images ``rank::N`` (:func:`emdlib.distributed.shard_indices`: no
     padding, each image once) and every rank returns the predictions of all ranks in dataset order
     (``all_gather_object``), equal to one process's (bit for bit where each image meets a batch of the same size;
-    CPU kernels may round the mask of a batch of 1 and of 2 one ulp apart); the sampled pixels are the ones one process draws (the seeded
-    generator is advanced over the other ranks' images). ``device`` None under a process group on CUDA is the
-    process's ``cuda:LOCAL_RANK``.
+    CPU kernels may round the mask of a batch of 1 and of 2 one ulp apart); the sampled pixels are the ones one
+    process draws (the seeded generator is advanced over the other ranks' images). ``device`` None under a process
+    group on CUDA is the process's ``cuda:LOCAL_RANK``.
     """
     if shard is None:
         shard = distributed.is_distributed() and not isinstance(data, DataLoader)

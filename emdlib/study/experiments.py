@@ -192,9 +192,9 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     same arguments and trains its share (:func:`emdlib.train.fit`); or, in one process (a notebook), ``nproc`` > 1
     (default :func:`default_nproc`, ``emd reproduce --nproc``) trains and predicts the cell in ``nproc`` processes
     started through torch's launcher API (:func:`emdlib.distributed.launch`) — fewer when the system's (global)
-    batch does not split evenly over ``nproc`` (:func:`emdlib.distributed.processes_for_batch`, with a warning). Either way metrics are computed on the
-    gathered test predictions and only rank 0 writes the run record, the predictions and the checkpoints. The
-    Steg.Features SVM has no training loop: it runs in this process only.
+    batch does not split evenly over ``nproc`` (:func:`emdlib.distributed.processes_for_batch`, with a warning).
+    Either way metrics are computed on the gathered test predictions and only rank 0 writes the run record, the
+    predictions and the checkpoints. The Steg.Features SVM has no training loop: it runs in this process only.
     """
     paths = study.paths
     name = run_name(system, method, compression, seed, n_train_videos)
