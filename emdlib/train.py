@@ -566,7 +566,9 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     padding repeats when the set does not divide by N); rank 0 alone writes the checkpoints (the others wait at a
     barrier) and every rank returns the same summary with the best weights loaded. A run resumes only under the
     number of processes it was started with (ValueError otherwise; recorded as ``world_size`` in the sidecars).
-    ``config.sync_bn`` on CPU raises ValueError (``SyncBatchNorm`` runs on GPUs only).
+    ``config.sync_bn`` on CPU raises ValueError (``SyncBatchNorm`` runs on GPUs only). Every rank reads the
+    checkpoints back (resume, best weights): on several nodes ``out_dir`` must be on a filesystem they share
+    (RuntimeError at the end otherwise).
     """
     out_dir = Path(out_dir)
     ddp = distributed.is_distributed()
@@ -706,6 +708,9 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
 
     set_trainable(model, trainable, warmup=False)
     distributed.barrier()
+    if ddp and len(set(distributed.gather(best_path.is_file()))) > 1:
+        raise RuntimeError(f"{best_path}: rank 0 wrote it but some ranks cannot see it; under several nodes out_dir "
+                           "must be on a filesystem every node shares (checkpoints are read back by every rank)")
     if best_path.is_file():
         state, best_meta = load_checkpoint(best_path, device=device)
         model.load_state_dict(state)
