@@ -152,7 +152,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     # parameter names and values, and the settings, are checked before the first notebook runs
     timings = reproduce(args.preset, data_root=args.data_root, results_root=args.results, only=args.only,
                         notebook_dir=args.notebooks, raw_parameters=raw, settings=settings_options(args),
-                        log_output=args.verbose)
+                        log_output=args.verbose, nproc=args.nproc)
     for name, seconds in timings.items():
         sys.stdout.write(f"{name}: {seconds:.1f} s\n")
     return 0
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameter, e.g. -p ffpp_root /data/FaceForensics -p seeds '[0, 1]'. Only names "
                         "declared in the parameters cell of the notebooks being run are accepted; VALUE is read as "
                         "the declared type (str values as given, so a folder named 2024 stays a string)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train each network on this many processes (GPUs) with PyTorch DDP, started from the "
+                        "notebooks through torch's launcher; the batch size stays the global batch (default: 1)")
     _add_settings(p)
     _add_preset(p)
     p.set_defaults(func=_cmd_reproduce)
@@ -408,7 +411,7 @@ CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
     "detect": [("checkpoint", _checkpoint, "--checkpoint"), ("out", _output_dir, "--out"),
                ("batch_size", _positive, "--batch-size"), ("device", _device, "--device")],
     "reproduce": [("notebooks", _input_dir, "--notebooks"), ("results", _output_dir, "--results"),
-                  ("data_root", _output_dir, "--data-root")],
+                  ("data_root", _output_dir, "--data-root"), ("nproc", _positive, "--nproc")],
     "check": [("results", _output_dir, "--results"), ("data_root", _output_dir, "--data-root")],
 }
 

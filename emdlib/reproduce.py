@@ -403,6 +403,7 @@ def reproduce(
     settings: Mapping[str, Any] | None = None,
     log_output: bool = False,
     progress: bool = True,
+    nproc: int | None = None,
 ) -> dict[str, float]:
     """Execute the notebooks for ``preset``; return the wall time of each (``timings.json``, updated as each ends).
 
@@ -417,8 +418,27 @@ def reproduce(
     per notebook, a per-cell progress bar (``progress``, on a terminal), the study's own progress lines (which
     cell, which run, each epoch: :class:`ProgressLines`) and, with ``log_output``, all of the cells' printed output.
 
+    ``nproc``: each network of the study trains on this many processes (data parallel,
+    :func:`emdlib.study.experiments.run_cell`), through ``$EMD_NPROC`` in the notebooks' environment (restored after);
+    None leaves the environment as it is (1 process when unset). Raises ValueError when ``nproc < 1``.
+
     Raises :class:`NotebookError` (one-line message; the partly executed copy is kept) when a notebook fails.
     """
+    if nproc is not None:
+        from emdlib.study.experiments import NPROC_ENV
+
+        if nproc < 1:
+            raise ValueError(f"nproc {nproc}: must be at least 1")
+        previous = os.environ.get(NPROC_ENV)
+        os.environ[NPROC_ENV] = str(int(nproc))  # the notebooks' kernels inherit this environment
+        try:
+            return reproduce(preset, data_root, results_root, only, notebook_dir, extra_parameters, raw_parameters,
+                             settings, log_output, progress)
+        finally:
+            if previous is None:
+                os.environ.pop(NPROC_ENV, None)
+            else:
+                os.environ[NPROC_ENV] = previous
     import papermill as pm
 
     selected = select_notebooks(only, NOTEBOOK_DIR if notebook_dir is None else notebook_dir)

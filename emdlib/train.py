@@ -15,9 +15,24 @@ One loop for EMD, its variants and every trainable baseline, through the detecto
   loss, :func:`is_better`) is kept (``best.safetensors``) and loaded back into the model at the end.
 
 Engineering: CUDA with AMP (bf16 where supported, else fp16 with a grad scaler) and channels_last, CPU otherwise;
+on CUDA batches come through pinned memory and are copied ``non_blocking``, and the loop adds no wait for the GPU
+inside a training step (a network may: the FER memo hashes its input on the host, fp16's grad scaler reads its
+scale): the loss parts are summed on the device and read once per :data:`LOG_EVERY` steps (progress bar,
+non-finite check) and at the epoch's end (loader workers: :func:`loader_workers`; not persistent, because every
+epoch re-seeds its workers from ``(seed, epoch)``, which is what makes a resumed run end where an uninterrupted one
+does);
 seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(seed, epoch)`` at each epoch start);
 ``last.safetensors`` (model + flattened optimiser state + RNG states; scalars in the JSON sidecar, nothing pickled) is
 written after every epoch, and :func:`fit` resumes from it, ending exactly where an uninterrupted run ends.
+
+Data parallel (``torchrun --nproc_per_node=N``, or :func:`emdlib.distributed.launch`): when a ``torch.distributed``
+process group of N > 1 processes is initialised, :func:`fit` wraps the network in ``DistributedDataParallel``
+(gradients all-reduced; optionally ``SyncBatchNorm``, ``TrainConfig.sync_bn``), draws each rank's batches with a
+``DistributedSampler`` (``set_epoch`` every epoch), splits the GLOBAL ``batch_size`` into ``batch_size / N`` per
+process, computes validation accuracy and losses over all ranks' shards together, and only rank 0 writes
+checkpoints (the unwrapped module's ``state_dict``: a DDP checkpoint loads in one process and vice versa).
+:func:`predict` shards the data without padding and gathers every rank's predictions in dataset order. Without a
+process group (``WORLD_SIZE`` unset or 1) nothing of this runs: same RNG draws, batches, losses and checkpoints.
 
 :func:`predict` turns a model and a dataset into the numpy arrays :mod:`emdlib.metrics` consumes.
 """
@@ -37,13 +52,15 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 # tqdm.asyncio, not tqdm.auto: plain-text bars, never ipywidgets (which executed notebooks cannot show outside
 # Jupyter). Not plain tqdm either: the asyncio variant (which tqdm.auto also builds on) makes one iterator of the
 # DataLoader when the bar is created, and that iterator draws from the loader's seeded generator; the shuffle order
 # of every recorded run depends on that draw, so changing the bar class would change the results.
 from tqdm.asyncio import tqdm
 
+from emdlib import distributed
 from emdlib.checkpoint import CheckpointError, load_checkpoint, load_meta, repair_sidecar, save_checkpoint
 from emdlib.io import remove_stale_temps
 from emdlib.models.detector import DetectorNet, DetectorOutput
@@ -67,6 +84,11 @@ class TrainConfig:
     (:func:`make_optimizer`): ``optimizer`` ``"adam"`` (``betas``, ``eps``) or ``"sgd"`` (``momentum``), ``lr`` and
     ``weight_decay`` (L2) for both; the defaults are EMD's Adam (§IV-B). A baseline's values come from its recipe
     (:mod:`emdlib.recipes`). Raises ValueError for another optimiser name.
+
+    ``batch_size`` is the GLOBAL batch: under data parallelism with N processes each takes ``batch_size / N``
+    (:func:`emdlib.distributed.per_rank_batch`), so one optimiser step always sees ``batch_size`` images.
+    ``sync_bn``: with N > 1 processes on CUDA, BatchNorm layers become ``torch.nn.SyncBatchNorm`` (batch statistics
+    over the global batch); ignored in a single process.
     """
 
     warmup_epochs: int = 3
@@ -87,6 +109,7 @@ class TrainConfig:
     image_size: int | None = None  # recorded in checkpoint sidecars (emd detect needs it)
     max_batches: int | None = None  # cap on training batches per epoch (smoke runs); None = the whole set
     precise_bn: bool = False  # BatchNorm population statistics before each validation (recompute_bn_statistics)
+    sync_bn: bool = False  # data parallel on CUDA only: SyncBatchNorm (statistics over the global batch)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -184,13 +207,37 @@ def set_deterministic(enabled: bool = True) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
+def loader_workers(device: torch.device, cap: int = 8) -> int:
+    """DataLoader worker processes for training on ``device``: none on the CPU (its cores compute the network; and
+    the CPU study's batches stay those of the committed results), on a GPU the CPU cores this process may use shared
+    by the training processes of this node (``LOCAL_WORLD_SIZE``, set by torchrun), at most ``cap``."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size()))
+    return max(1, min(cap, cores // max(1, local)))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it)."""
+                pin_memory: bool = False, sampler: Sampler | None = None) -> DataLoader:
+    """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it).
+
+    ``sampler`` (data parallel training: a ``DistributedSampler``, which shuffles itself) replaces ``shuffle``'s
+    order; the final batch of size 1 is counted on this rank's share (``len(sampler)``)."""
+    if sampler is not None:
+        n = len(sampler)
+        drop_last = shuffle and n % batch_size == 1 and n > 1
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+                          pin_memory=pin_memory, persistent_workers=False)
     drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
                       persistent_workers=False)
+
+
+#: Training steps between two reads of the loss sums from the device in :func:`fit` (progress bar, non-finite check).
+LOG_EVERY = 25
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -212,18 +259,37 @@ def compute_loss(model: DetectorNet, output: DetectorOutput, batch: Mapping[str,
     return loss, parts
 
 
+def loss_parts_on_device(model: DetectorNet, output: DetectorOutput, batch: Mapping[str, Any]
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """As :func:`compute_loss`, but each part a detached 0-d float64 tensor on the loss's device: nothing is read
+    back to the host (no synchronisation with the GPU). float64 holds a float32 part exactly, so sums of these are
+    the sums :func:`compute_loss`'s floats give, bit for bit."""
+    loss, parts = model.compute_loss(output, batch)
+    out = {k: (v.detach() if torch.is_tensor(v) else torch.tensor(v)).to(loss.device, torch.float64)
+           for k, v in parts.items()}
+    out.setdefault("loss", loss.detach().to(torch.float64))
+    return loss, out
+
+
 def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+               scaler: torch.amp.GradScaler | None = None, amp_dtype: torch.dtype | None = None,
+               net: nn.Module | None = None, sync: bool = True) -> dict[str, float] | dict[str, torch.Tensor]:
     """One optimisation step on a batch already on the model's device; returns the loss parts.
 
+    ``sync`` (default): the parts as floats, and FloatingPointError for a non-finite loss. ``sync=False``: the parts
+    as device tensors (:func:`loss_parts_on_device`) and no check here — nothing waits for the GPU inside the step;
+    :func:`fit` reads its sums once per :data:`LOG_EVERY` steps and checks them then.
+
     ``model.after_step()`` is called after every optimiser step (e.g. Bayar & Stamm's constraint projection).
+    ``net``: the module the forward pass goes through when it is not ``model`` itself — its
+    ``DistributedDataParallel`` wrapper, which all-reduces (averages) the gradients over the processes.
     """
     optimizer.zero_grad(set_to_none=True)
     device_type = batch["image"].device.type
     with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        output = forward(model, batch)
-        loss, parts = compute_loss(model, output, batch)
-    if not torch.isfinite(loss):
+        output = forward(model if net is None else net, batch)
+        loss, parts = (compute_loss if sync else loss_parts_on_device)(model, output, batch)
+    if sync and not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite training loss {parts}")
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -239,7 +305,11 @@ def train_step(model: DetectorNet, batch: Mapping[str, Any], optimizer: torch.op
 @torch.no_grad()
 def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: torch.device,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
-    """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``."""
+    """Frame accuracy (arg-max of the 2 logits, reference-facts §E.1) and mean loss parts on ``loader``.
+
+    Under data parallelism each rank passes its shard of the validation set (:func:`emdlib.distributed.shard_indices`)
+    and the counts and per-image loss sums of all ranks are added before dividing: the accuracy of the whole set,
+    never an average of per-rank accuracies. Raises ValueError when the (whole) set is empty."""
     was_training = model.training
     model.eval()
     n, correct, sums = 0, 0, {}
@@ -254,6 +324,12 @@ def validate(model: DetectorNet, loader: Iterable[Mapping[str, Any]], device: to
             sums[name] = sums.get(name, 0.0) + v * k
         n += k
     model.train(was_training)
+    if distributed.is_distributed():
+        shards = distributed.gather((n, correct, sums))
+        n, correct, sums = sum(s[0] for s in shards), sum(s[1] for s in shards), {}
+        for _, _, part in shards:
+            for name, v in part.items():
+                sums[name] = sums.get(name, 0.0) + v
     if n == 0:
         raise ValueError("validation set is empty")
     return {"accuracy": correct / n, **{k: v / n for k, v in sums.items()}}
@@ -448,6 +524,19 @@ def _best_so_far(best_path: Path, prev: Mapping[str, Any]) -> tuple[int | None, 
     return epoch, (-math.inf if acc is None else float(acc)), (math.inf if loss is None else float(loss))
 
 
+def _check_loss(device_sums: Mapping[str, torch.Tensor], n: int, epoch: int, step: int | None, bar: Any
+                ) -> dict[str, float]:
+    """The epoch's loss sums read from the device (one synchronisation), shown as running means on ``bar``; raises
+    FloatingPointError naming the epoch (and the step reached) when the loss is not finite."""
+    sums = {k: float(v) for k, v in device_sums.items()}
+    if sums and not math.isfinite(sums["loss"]):
+        where = f"epoch {epoch + 1}" + (f" by step {step}" if step is not None else "")
+        raise FloatingPointError(f"non-finite training loss in {where}: per-image sums {sums}")
+    if sums and n:
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+    return sums
+
+
 def is_better(acc: float | None, loss: float, best_acc: float, best_loss: float) -> bool:
     """Model selection (§IV-B keeps the best model on validation): higher accuracy, or the same at lower loss."""
     return acc is not None and (acc > best_acc or (acc == best_acc and loss < best_loss))
@@ -469,17 +558,38 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
     "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.
+
+    Data parallel (an initialised process group of N > 1 processes, module docstring): every rank calls ``fit`` with
+    the same arguments; each takes ``config.batch_size / N`` images per step (ValueError when not divisible) from a
+    ``DistributedSampler`` seeded with ``config.seed`` (``set_epoch`` each epoch); the recorded training losses are
+    means over all ranks' images (``train_images`` counts the images stepped on, with the ``DistributedSampler``'s
+    padding repeats when the set does not divide by N); rank 0 alone writes the checkpoints (the others wait at a
+    barrier) and every rank returns the same summary with the best weights loaded. A run resumes only under the
+    number of processes it was started with (ValueError otherwise; recorded as ``world_size`` in the sidecars).
+    ``config.sync_bn`` on CPU raises ValueError (``SyncBatchNorm`` runs on GPUs only). Every rank reads the
+    checkpoints back (resume, best weights): on several nodes ``out_dir`` must be on a filesystem they share
+    (RuntimeError at the end otherwise).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ddp = distributed.is_distributed()
+    world, rank = distributed.world_size(), distributed.rank()
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_data) == 0:
         raise ValueError("training set is empty")
-    device = resolve_device(config.device)
+    device = resolve_device(distributed.local_device(config.device) if ddp else config.device)
+    batch_size = distributed.per_rank_batch(config.batch_size, world) if ddp else config.batch_size
+    if ddp and config.sync_bn and device.type == "cpu":
+        raise ValueError("sync_bn: torch.nn.SyncBatchNorm runs on GPUs only; train on CUDA or set sync_bn=False")
     if config.deterministic:
         set_deterministic(True)
     seed_everything(config.seed)
     amp_dtype = _amp_dtype(device, config.amp)
     channels_last = config.channels_last and device.type == "cuda"
+    if ddp and config.sync_bn:
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if converted is not model:  # the network's own BatchNorm layers are replaced in place
+            raise TypeError(f"{type(model).__name__} is a BatchNorm layer itself; cannot convert it in place")
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -490,14 +600,17 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
                                momentum=config.momentum, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     base_meta = {"model": model.spec(), "image_size": config.image_size, "config": config.to_dict(),
-                 **dict(meta or {})}
+                 **({"world_size": world} if ddp else {}), **dict(meta or {})}
     if config.warmup_epochs and not model.has_warmup():
         log.info("%s has no warm-up of its own; warm-up epochs train the whole network", type(model).__name__)
 
     history: list[dict] = []
     best_acc, best_loss, best_epoch, start = -math.inf, math.inf, None, 0
     last_path, best_path = out_dir / LAST, out_dir / BEST
-    remove_stale_temps(out_dir, recursive=False)  # half-written files of a killed run
+    if ddp and not distributed.is_main():
+        distributed.barrier()  # rank 0 first removes half-written files and repairs the checkpoints it resumes
+    else:
+        remove_stale_temps(out_dir, recursive=False)  # half-written files of a killed run
     if resume and last_path.is_file():
         prev = _resume_state(last_path, model, optimizer, scaler, device)
         if prev is not None:
@@ -507,22 +620,41 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
                     raise ValueError(f"{last_path}: cannot resume, {key}={recorded!r} in the "
                                      f"checkpoint but {getattr(config, key)!r} now (use another out_dir or "
                                      "resume=False)")
+            if int(prev.get("world_size", 1)) != world:
+                raise ValueError(f"{last_path}: cannot resume, trained on {prev.get('world_size', 1)} processes but "
+                                 f"{world} now (resume with the same number, or use another out_dir or resume=False)")
             start, history = int(prev["epoch"]), list(prev.get("history", []))
             best_epoch, best_acc, best_loss = _best_so_far(best_path, prev)
             log.info("resuming %s from epoch %d (best epoch so far: %s)", last_path, start, best_epoch)
+    if ddp and distributed.is_main():
+        distributed.barrier()
 
-    val_loader = (make_loader(val_data, config.batch_size, False, config.seed, config.num_workers,
-                              device.type == "cuda") if val_data is not None and len(val_data) else None)
+    has_val = val_data is not None and len(val_data) > 0
+    if has_val and ddp:  # each rank validates its shard (no padding; a shard may be empty), validate() adds them up
+        val_data = Subset(val_data, distributed.shard_indices(len(val_data), rank, world))
+    val_loader = (make_loader(val_data, batch_size, False, config.seed, config.num_workers, device.type == "cuda")
+                  if has_val else None)
+    sampler = (DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+               if ddp else None)
+    net, net_phase = None, None  # the DistributedDataParallel wrapper, rebuilt when the trained parameters change
     t_start = time.perf_counter()
     for epoch in range(start, config.total_epochs):
         warmup = epoch < config.warmup_epochs
         set_trainable(model, trainable, warmup)
-        seed_everything(_epoch_seed(config.seed, epoch))
-        loader = make_loader(train_data, config.batch_size, True, _epoch_seed(config.seed, epoch),
-                             config.num_workers, device.type == "cuda")
+        if ddp and net_phase != warmup:  # DDP all-reduces the parameters that require grad when it is built
+            net = None  # the previous wrapper's gradient hooks go with it
+            # every system's loss reaches every parameter that requires grad, in warm-up and after, also on batches of
+            # one class (checked for all SYSTEMS), so DDP need not search the graph for unused ones each step
+            net, net_phase = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                     else None, find_unused_parameters=False), warmup
+        seed_everything(_epoch_seed(config.seed, epoch) + rank)  # rank 0: the single-process seeds
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = make_loader(train_data, batch_size, True, _epoch_seed(config.seed, epoch),
+                             config.num_workers, device.type == "cuda", sampler=sampler)
         model.train()
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
+        device_sums: dict[str, torch.Tensor] = {}  # per-image loss sums, float64 on the device: read once per LOG_EVERY
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.total_epochs}{' (warm-up)' if warmup else ''}",
                    leave=False, disable=None)
@@ -530,18 +662,26 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
             if config.max_batches is not None and i >= config.max_batches:
                 break
             batch = move_batch(batch, device, channels_last)
-            parts = train_step(model, batch, optimizer, scaler, amp_dtype)
+            parts = train_step(model, batch, optimizer, scaler, amp_dtype, net=net, sync=False)
             k = len(batch["label"])
             for name, v in parts.items():
-                sums[name] = sums.get(name, 0.0) + v * k
+                device_sums[name] = device_sums[name] + v * k if name in device_sums else v * k
             n += k
-            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            if (i + 1) % LOG_EVERY == 0:
+                _check_loss(device_sums, n, epoch, i + 1, bar)
+        sums = _check_loss(device_sums, n, epoch, None, bar)
+        if ddp:  # means over every rank's images; the ranks' BatchNorm statistics become rank 0's (those saved)
+            names = sorted(sums)
+            *totals, n = distributed.all_sum([sums[k] for k in names] + [n])
+            sums, n = dict(zip(names, totals)), int(n)
+            distributed.broadcast_buffers(model)
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": "warmup" if warmup else "full",
                                   **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, "train_images": n}
-        if config.precise_bn:
+        if config.precise_bn:  # every rank reads the whole training split, as one process does: same statistics
             recompute_bn_statistics(model, make_loader(train_data, config.batch_size, False, config.seed,
                                                        config.num_workers, device.type == "cuda"),
                                     device, amp_dtype, channels_last, config.max_batches)
+            distributed.broadcast_buffers(model)
         if val_loader is not None:
             val = validate(model, val_loader, device, amp_dtype, channels_last)
             record.update({f"val_{k}": v for k, v in val.items()})
@@ -551,19 +691,26 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
         if is_better(acc, loss, best_acc, best_loss) or val_loader is None:
             best_acc, best_loss = (acc, loss) if acc is not None else (best_acc, best_loss)
             best_epoch = epoch + 1
-            save_checkpoint(best_path, model.state_dict(),
-                            {**base_meta, "kind": "best", "epoch": epoch + 1, "val": {k[4:]: v for k, v in record.items()
-                                                                                       if k.startswith("val_")}})
-        save_training_state(last_path, model, optimizer, scaler, epoch + 1,
-                            {**base_meta, "history": history, "best_epoch": best_epoch,
-                             "best_val_accuracy": None if best_acc == -math.inf else best_acc,
-                             "best_val_loss": None if best_loss == math.inf else best_loss})
+            if distributed.is_main():
+                save_checkpoint(best_path, model.state_dict(),
+                                {**base_meta, "kind": "best", "epoch": epoch + 1,
+                                 "val": {k[4:]: v for k, v in record.items() if k.startswith("val_")}})
+        if distributed.is_main():
+            save_training_state(last_path, model, optimizer, scaler, epoch + 1,
+                                {**base_meta, "history": history, "best_epoch": best_epoch,
+                                 "best_val_accuracy": None if best_acc == -math.inf else best_acc,
+                                 "best_val_loss": None if best_loss == math.inf else best_loss})
+        distributed.barrier()  # the epoch's checkpoints are complete before any rank goes on
         log.info("epoch %d/%d %s: %s", epoch + 1, config.total_epochs, record["phase"],
                  ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
         if on_epoch_end is not None:
             on_epoch_end(record)
 
     set_trainable(model, trainable, warmup=False)
+    distributed.barrier()
+    if ddp and len(set(distributed.gather(best_path.is_file()))) > 1:
+        raise RuntimeError(f"{best_path}: rank 0 wrote it but some ranks cannot see it; under several nodes out_dir "
+                           "must be on a filesystem every node shares (checkpoints are read back by every rank)")
     if best_path.is_file():
         state, best_meta = load_checkpoint(best_path, device=device)
         model.load_state_dict(state)
@@ -582,7 +729,7 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
 @torch.no_grad()
 def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.device | None = None,
             batch_size: int = 16, pixels_per_image: int = 256, seed: int = 0, keep_masks: bool = False,
-            amp: bool = True, num_workers: int = 0) -> dict[str, np.ndarray]:
+            amp: bool = True, num_workers: int = 0, shard: bool | None = None) -> dict[str, np.ndarray]:
     """Run ``model`` over ``data`` and collect what :mod:`emdlib.metrics` needs, as numpy arrays.
 
     Always: ``prob`` (P(fake) = softmax(logits)[:, 1]), ``label``, ``method``, ``compression``, ``video``, ``frame``.
@@ -590,9 +737,26 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     reference-facts §E.2) and confusion counts ``pixel_tp``/``pixel_fp``/``pixel_fn``/``pixel_tn``; a seeded sample of
     ``pixels_per_image`` pixels per image for pixel-level ROC (``pixel_score``, ``pixel_label``, ``pixel_image``); and,
     with ``keep_masks``, every predicted probability map ``mask_prob`` (N, H, W) float16.
+
+    ``shard`` (None: whenever a process group of N > 1 processes is initialised; needs a Dataset, not a DataLoader):
+    every rank calls ``predict``, predicts the images ``rank::N`` (:func:`emdlib.distributed.shard_indices`: no
+    padding, each image once) and every rank returns the predictions of all ranks in dataset order
+    (``all_gather_object``), equal to one process's (bit for bit where each image meets a batch of the same size;
+    CPU kernels may round the mask of a batch of 1 and of 2 one ulp apart); the sampled pixels are the ones one
+    process draws (the seeded generator is advanced over the other ranks' images). ``device`` None under a process
+    group on CUDA is the process's ``cuda:LOCAL_RANK``.
     """
+    if shard is None:
+        shard = distributed.is_distributed() and not isinstance(data, DataLoader)
+    if shard:
+        if isinstance(data, DataLoader):
+            raise TypeError("predict(shard=True) needs a Dataset to shard, not a DataLoader")
+        device = distributed.local_device(device)
+        indices = distributed.shard_indices(len(data))
+        data = Subset(data, indices)
     device = resolve_device(device)
-    loader = data if isinstance(data, DataLoader) else make_loader(data, batch_size, False, seed, num_workers)
+    loader = (data if isinstance(data, DataLoader)
+              else make_loader(data, batch_size, False, seed, num_workers, pin_memory=device.type == "cuda"))
     was_training = model.training
     model.to(device).eval()
     amp_dtype = _amp_dtype(device, amp)
@@ -600,6 +764,7 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     cols: dict[str, list] = {k: [] for k in ("prob", "label", "method", "compression", "video", "frame")}
     pix: dict[str, list] = {}
     start = 0  # images predicted so far
+    drawn = 0  # images the pixel sampler has drawn for (in a shard, the other ranks' images too)
     for batch in tqdm(loader, desc="predict", leave=False, disable=None):
         batch = move_batch(batch, device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -624,10 +789,18 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
         hw = prob[0].numel()
         k = min(pixels_per_image, hw)
         if k > 0:
-            idx = torch.stack([torch.randperm(hw, generator=gen)[:k] for _ in range(n)]).to(device)
+            images = np.arange(first, first + n) if not shard else np.asarray(indices[first:first + n])
+            perms = []
+            for j in images:  # one permutation per image of the whole set, in dataset order
+                while drawn < j:
+                    torch.randperm(hw, generator=gen)
+                    drawn += 1
+                perms.append(torch.randperm(hw, generator=gen)[:k])
+                drawn += 1
+            idx = torch.stack(perms).to(device)
             pix.setdefault("pixel_score", []).append(prob.flatten(1).gather(1, idx).flatten().cpu().numpy())
             pix.setdefault("pixel_label", []).append(gt.flatten(1).gather(1, idx).flatten().cpu().numpy().astype(np.uint8))
-            pix.setdefault("pixel_image", []).append(np.repeat(np.arange(first, first + n), k))
+            pix.setdefault("pixel_image", []).append(np.repeat(images, k))
         if keep_masks:
             pix.setdefault("mask_prob", []).append(prob.cpu().numpy().astype(np.float16))
     model.train(was_training)
@@ -636,4 +809,34 @@ def predict(model: DetectorNet, data: Dataset | DataLoader, device: str | torch.
     result["label"] = result["label"].astype(np.int64)
     result["frame"] = result["frame"].astype(np.int64)
     result.update({k: np.concatenate(v) for k, v in pix.items()})
+    if shard:
+        result = _gather_predictions(result, np.asarray(indices, dtype=np.int64))
     return result
+
+
+#: Columns of :func:`predict` with one entry per sampled pixel (the others have one per image).
+PIXEL_SAMPLE_KEYS: tuple[str, ...] = ("pixel_score", "pixel_label", "pixel_image")
+
+
+def _gather_predictions(result: dict[str, np.ndarray], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Every rank's :func:`predict` columns (this rank's: images ``indices`` of the dataset), put together in
+    dataset order on every rank: per-image columns ordered by dataset index, sampled-pixel columns ordered by image
+    (``pixel_image`` holds dataset indices) keeping each image's draw order. A rank with no images contributes
+    nothing."""
+    shards = [(r, i) for r, i in distributed.gather((result, indices)) if len(i)]
+    if not shards:
+        return result
+    order = np.argsort(np.concatenate([i for _, i in shards]), kind="stable")
+    keys = shards[0][0].keys()
+    out: dict[str, np.ndarray] = {}
+    for key in keys:
+        parts = [r[key] for r, _ in shards if key in r]
+        if len(parts) != len(shards):
+            raise ValueError(f"predict: column {key!r} is missing on some ranks")
+        col = np.concatenate(parts)
+        if key in PIXEL_SAMPLE_KEYS:
+            col = col[np.argsort(np.concatenate([r["pixel_image"] for r, _ in shards]), kind="stable")]
+        else:
+            col = col[order]
+        out[key] = col
+    return out

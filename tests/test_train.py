@@ -255,3 +255,20 @@ def test_resume_after_a_kill_between_weights_and_sidecar(tmp_path, monkeypatch, 
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
     for name in ("last", "best"):  # both pairs verified again (sidecars repaired)
         assert read_json(run / f"{name}.json")["sha256"] == sha256_file(run / f"{name}.safetensors")
+
+
+def test_a_non_finite_loss_stops_training_before_any_checkpoint(tmp_path):
+    # the loop reads the loss from the device once per log interval and at the epoch's end, then checks it
+    from emdlib.models.detector import DetectorNet
+
+    class Net(DetectorNet):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, image, fer_image=None):
+            return DetectorOutput(logits=self.fc(image.mean((2, 3))) * float("nan"), mask_logits=None)
+
+    with pytest.raises(FloatingPointError, match=r"^non-finite training loss in epoch 1: per-image sums"):
+        fit(Net(), tiny_items(4), None, tmp_path, TrainConfig(warmup_epochs=0, epochs=1, batch_size=2, device="cpu"))
+    assert not (tmp_path / "last.safetensors").exists() and not (tmp_path / "best.safetensors").exists()

@@ -58,7 +58,7 @@ class DetectorOutput:
         return None if self.mask_logits is None else torch.sigmoid(self.mask_logits.float())[:, 0]
 
 
-def manipulation_loss(output: DetectorOutput, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+def manipulation_loss(output: DetectorOutput, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 8: ``L_MANI = L_cls + L_seg`` (paper §III-D).
 
     ``L_cls`` (Eq. 6): cross-entropy of the 2-way logits (index 1 = fake) against ``batch["label"]``.
@@ -78,8 +78,8 @@ def manipulation_loss(output: DetectorOutput, batch: Mapping[str, Any]) -> tuple
                              f"{tuple(output.mask_logits.shape)}")
         loss_seg = F.binary_cross_entropy_with_logits(output.mask_logits.float(), mask.float())
     loss = loss_cls + loss_seg
-    return loss, {"loss": float(loss.detach()), "loss_cls": float(loss_cls.detach()),
-                  "loss_seg": float(loss_seg.detach())}
+    # detached 0-d tensors, not floats: the training loop reads them from the GPU once per log interval, not per step
+    return loss, {"loss": loss.detach(), "loss_cls": loss_cls.detach(), "loss_seg": loss_seg.detach()}
 
 
 class DetectorNet(nn.Module):

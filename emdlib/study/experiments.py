@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from emdlib import distributed
 from emdlib.data.datasets import ManipulationDataset
 from emdlib.io import read_json
 from emdlib.models.fer_memo import FERMemo, memoise
@@ -163,10 +165,37 @@ def cell_datasets(study: Study, method: str, compression: str, n_train_videos: i
 
 # ---------------------------------------------------------------------------------------------------------- runs
 
+#: Environment variable giving :func:`run_cell`'s default number of training processes (``emd reproduce --nproc``
+#: sets it for the notebooks it runs).
+NPROC_ENV = "EMD_NPROC"
+
+
+def default_nproc() -> int:
+    """``$EMD_NPROC`` (:data:`NPROC_ENV`) as a number of processes, 1 when unset. Raises ValueError when it is not a
+    positive integer."""
+    raw = os.environ.get(NPROC_ENV, "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{NPROC_ENV}={raw!r}: must be a positive integer (processes per cell)")
+    return n
+
+
 def run_cell(study: Study, system: str, method: str, compression: str, seed: int = 0,
-             n_train_videos: int | None = None, force: bool = False) -> dict[str, Any]:
+             n_train_videos: int | None = None, force: bool = False, nproc: int | None = None) -> dict[str, Any]:
     """Train and test ``system`` on one cell; return its run record (read back when it already exists and was made
-    under the same configuration with its checkpoint on this machine, :func:`why_not_reusable`)."""
+    under the same configuration with its checkpoint on this machine, :func:`why_not_reusable`).
+
+    Data parallel (:mod:`emdlib.distributed`), two ways: under ``torchrun`` every process calls ``run_cell`` with the
+    same arguments and trains its share (:func:`emdlib.train.fit`); or, in one process (a notebook), ``nproc`` > 1
+    (default :func:`default_nproc`, ``emd reproduce --nproc``) trains and predicts the cell in ``nproc`` processes
+    started through torch's launcher API (:func:`emdlib.distributed.launch`) — fewer when the system's (global)
+    batch does not split evenly over ``nproc`` (:func:`emdlib.distributed.processes_for_batch`, with a warning).
+    Either way metrics are computed on the gathered test predictions and only rank 0 writes the run record, the
+    predictions and the checkpoints. The Steg.Features SVM has no training loop: it runs in this process only.
+    """
     paths = study.paths
     name = run_name(system, method, compression, seed, n_train_videos)
     record_path = paths.runs / name / RECORD
@@ -176,7 +205,12 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
         if why is None:
             return record
         log.warning("%s: %s; training again", record_path, why)
-        _drop_training_state(paths.run_checkpoints / name)  # never resume a run of another protocol
+        if distributed.is_main():
+            _drop_training_state(paths.run_checkpoints / name)  # never resume a run of another protocol
+        distributed.barrier()
+    nproc = default_nproc() if nproc is None else int(nproc)
+    if nproc < 1:
+        raise ValueError(f"nproc {nproc}: must be at least 1")
     spec = SYSTEMS[system]
     recipe = recipe_for(spec.kind)
     sets = cell_datasets(study, method, compression, n_train_videos, seed, augment=recipe.augments)
@@ -184,8 +218,14 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
     torch.manual_seed(seed)
     if spec.kind == "steg_features_svm":
         pred, train_info, checkpoint = _run_svm(sets, recipe)
+    elif nproc > 1 and not distributed.is_distributed() and (procs := _processes(spec, study, seed, nproc, name)) > 1:
+        pred, train_info, checkpoint = distributed.launch(_run_torch_process, procs, study, spec, sets, name, seed,
+                                                          run_id=name)
     else:
         pred, train_info, checkpoint = _run_torch(study, spec, sets, name, seed)
+    if not distributed.is_main():  # rank 0 writes the record and the predictions; the others wait, then read it
+        distributed.barrier()
+        return read_json(record_path)
     from emdlib.metrics import evaluate
     from emdlib.study.fer import fer_stream_record
 
@@ -205,6 +245,7 @@ def run_cell(study: Study, system: str, method: str, compression: str, seed: int
                             "history": train_info.get("history", [])},
                      preset=study.name)
     _drop_training_state(paths.run_checkpoints / name)
+    distributed.barrier()
     return read_json(record_path)
 
 
@@ -278,17 +319,50 @@ def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
                                    **recipe.optimizer_settings())
 
 
+def _processes(system: System, study: Study, seed: int, nproc: int, name: str) -> int:
+    """How many of ``nproc`` processes train run ``name``: the recipe's batch is the global batch and must split
+    evenly (:func:`emdlib.distributed.processes_for_batch`; a warning when fewer)."""
+    batch = train_config(system, study.preset, seed).batch_size
+    procs = distributed.processes_for_batch(batch, nproc)
+    if procs < nproc:
+        log.warning("%s: batch %d does not split over %d processes; training on %d", name, batch, nproc, procs)
+    return procs
+
+
+def _run_torch_process(study: Study, system: System, sets: dict, name: str, seed: int):
+    """One of the processes :func:`run_cell` launches: join the process group (the launcher's environment), train
+    and predict the cell (:func:`_run_torch`) and leave the group; rank 0's return value reaches the caller."""
+    import torch.distributed as dist
+
+    distributed.init_from_env()
+    torch.set_num_threads(max(1, torch.get_num_threads() // distributed.world_size()))  # the CPU cores shared
+    try:
+        torch.manual_seed(seed)
+        return _run_torch(study, system, sets, name, seed)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
-    from emdlib.train import fit, predict
+    """Train ``system`` on the cell's ``sets`` (:func:`emdlib.train.fit`, data parallel under a process group) and
+    predict the test split; ``(predictions, training info, best checkpoint path)``. The recorded ``world_size`` is
+    the number of processes that trained it."""
+    from emdlib.train import fit, loader_workers, predict, resolve_device
 
     model, spec = build_system(study, system)
-    cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device)
+    device = resolve_device(distributed.local_device(study.device) if distributed.is_distributed() else study.device)
+    cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device,
+                              num_workers=loader_workers(device))  # GPU: batches loaded by pinned-memory workers
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
-    pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed)
+    pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed,
+                   num_workers=cfg.num_workers)
     if getattr(getattr(model, "fer", None), "memo", None) is not None:
         log.info("%s: FER memo %s", name, model.fer.memo.stats())
     info = {"config": cfg.to_dict(), "device": summary.get("device"), "best_epoch": summary.get("best_epoch"),
             "history": summary.get("history", [])}
+    if distributed.is_distributed():
+        info["config"]["world_size"] = distributed.world_size()
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
 
 
