@@ -126,6 +126,9 @@ class EMDConfig:
     # (emdlib.train.recompute_bn_statistics): their recipes' large batches give them few steps on small presets
     # (XceptionNet 60 at cpu), too few for the running averages to follow the weights, and eval-mode outputs collapse
     baseline_precise_bn: bool = False
+    # data-parallel training (emd reproduce --nproc N, torchrun) on CUDA: BatchNorm statistics over the global batch
+    # (torch.nn.SyncBatchNorm) instead of each process's share; False: each GPU normalises its own share, as DDP does
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)

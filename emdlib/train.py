@@ -122,9 +122,9 @@ class TrainConfig:
     @classmethod
     def from_preset(cls, cfg: EMDConfig, seed: int = 0, **overrides: Any) -> "TrainConfig":
         """From a preset's :class:`emdlib.presets.EMDConfig`: warm-up and full epochs, batch size, learning rate,
-        image size and the smoke-test batch cap; the other fields keep their defaults (the paper's)."""
+        image size, the smoke-test batch cap and ``sync_bn``; the other fields keep their defaults (the paper's)."""
         base = dict(warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    seed=seed, image_size=cfg.image_size, max_batches=cfg.max_batches)
+                    seed=seed, image_size=cfg.image_size, max_batches=cfg.max_batches, sync_bn=cfg.sync_bn)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:

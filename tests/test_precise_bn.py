@@ -149,3 +149,15 @@ def test_an_emd_run_stays_reusable_when_only_a_baseline_setting_changes(tmp_path
     assert "another preset" in experiments.why_not_reusable(
         {"system": "EMD", "config": {"preset": cpu.to_dict()}, "checkpoint": str(ckpt), "recipe": recipe("emd")},
         epochs)
+
+
+def test_sync_bn_is_a_preset_setting_every_system_reads() -> None:
+    cpu = get_preset("cpu")
+    assert not cpu.emd.sync_bn
+    on = dataclasses.replace(cpu, emd=dataclasses.replace(cpu.emd, sync_bn=True))
+    for name in ("EMD", "XceptionNet", "MultiTask"):
+        assert experiments.train_config(experiments.SYSTEMS[name], on).sync_bn, name
+    recorded = json.loads(json.dumps(cpu.to_dict()))
+    del recorded["emd"]["sync_bn"]  # a record from before the setting: read as made without SyncBatchNorm
+    assert experiments._same_protocol(recorded, cpu.to_dict())
+    assert not experiments._same_protocol(recorded, on.to_dict())
