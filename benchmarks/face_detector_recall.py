@@ -14,7 +14,8 @@ rectangle). Candidates:
   re-detection near the last boxes in between) on the sampled frames of each video, against the reference on the
   same frames;
 * ``dlib-cnn``: dlib's MMOD CNN (weights from the ``face-recognition-models`` package), no up-sampling, raw boxes,
-  on every ``--cnn-every``-th sampled item only (it takes seconds per frame on a CPU).
+  on every ``--cnn-every``-th item of at most ``--cnn-max-pixels`` pixels only (it takes seconds per frame on a CPU;
+  its time on one 720p frame is recorded as ``cnn_720p_seconds``).
 
 Data (read in place from ``../shared``): the ffpp-mini clips (first ``--seconds`` seconds sampled at ``--fps``), the
 London photos (neutral and smiling) and ``cases`` (a phone photo with EXIF rotation, a 4K frame with a ~72-px face,
@@ -112,12 +113,13 @@ def timed(fn: Callable[[], list[Rect]]) -> tuple[list[Rect], float]:
 class Candidates:
     """The candidates' rectangles for one frame, timed."""
 
-    def __init__(self, cnn_every: int):
+    def __init__(self, cnn_every: int, cnn_max_pixels: int):
         import dlib
 
         self.cnn = dlib.cnn_face_detection_model_v1(
             str(facelib.predictor_path().parent / "mmod_human_face_detector.dat"))
         self.cnn_every = cnn_every
+        self.cnn_max_pixels = cnn_max_pixels
         self.count = 0
 
     def run(self, frame: np.ndarray, tallies: dict[str, Tally], where: dict) -> list[Rect]:
@@ -127,11 +129,12 @@ class Candidates:
         tallies["dlib-fast"].add(ref, fast, t, where)
         up0, t = timed(lambda: facelib.detect_faces(frame, 0))
         tallies["dlib-up0"].add(ref, up0, t, where)
-        if self.cnn_every and self.count % self.cnn_every == 0:
+        small = frame.shape[0] * frame.shape[1] <= self.cnn_max_pixels
+        if self.cnn_every and small and self.count % self.cnn_every == 0:
             cnn, t = timed(lambda: [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom())
                                     for d in self.cnn(np.ascontiguousarray(frame), 0)])
             tallies["dlib-cnn"].add(ref, cnn, t, where)
-        self.count += 1
+        self.count += small
         return ref
 
 
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seconds", type=float, default=10.0, help="first seconds of each ffpp-mini clip")
     p.add_argument("--redetect", type=float, default=1.0, help="the tracker's seconds between full detections")
     p.add_argument("--cnn-every", type=int, default=10, help="run dlib's CNN on every N-th item (0: never)")
+    p.add_argument("--cnn-max-pixels", type=int, default=600_000, help="... of at most this many pixels")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/face_detector_recall.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -185,7 +189,12 @@ def main(argv: list[str] | None = None) -> dict:
     cases = shared / "cases"
     if not ffpp or not london or not cases.is_dir():
         raise SystemExit(f"{shared}: ffpp-mini clips, London photos or cases missing")
-    cands = Candidates(args.cnn_every)
+    cands = Candidates(args.cnn_every, args.cnn_max_pixels)
+    cnn_720p = None
+    if args.cnn_every:
+        clip720 = shared / "data/ffpp-mini/original_sequences/youtube/c23/videos/004.mp4"
+        _, _, frame = next(video_frames(clip720, args.fps, None))
+        cnn_720p = round(timed(lambda: cands.cnn(frame, 0))[1], 2)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     sets = {
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "the FF++ protocol of emd prepare)",
         "found_when": f"IoU >= {IOU_FOUND} with the reference rectangle (greedy one-to-one)",
         "videos": {"fps": args.fps, "ffpp_seconds": args.seconds, "tracker_redetect_s": args.redetect},
-        "cnn_every": args.cnn_every,
+        "cnn_every": args.cnn_every, "cnn_max_pixels": args.cnn_max_pixels, "cnn_720p_seconds": cnn_720p,
         "sets": sets,
         "not_measured": {
             "opencv-haar": "opencv-python-headless 5.0 has no CascadeClassifier and ships no haarcascades "

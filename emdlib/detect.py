@@ -119,8 +119,9 @@ class MediaResult:
     ``detection`` (``full``: the face detector on the whole frame; ``tracked``: dlib re-detection near the face's
     previous box, :class:`FaceTracker`). ``sampling`` names the sampling rate, ``frames_scored`` the indices of the
     sampled frames searched for faces (a frame with no face has no row), ``full_detections`` how many of them got a
-    full-frame detection; ``face_detector`` and ``redetect_s`` are the settings used. ``kind`` is ``video``, ``image``, ``folder`` (a folder that could not be listed) or ``unknown``; ``decoder``
-    the library that decoded it; ``model`` the detector's :attr:`Detector.provenance`.
+    full-frame detection; ``face_detector`` and ``redetect_s`` are the settings used. ``kind`` is ``video``,
+    ``image``, ``folder`` (a folder that could not be listed) or ``unknown``; ``decoder`` the library that decoded
+    it; ``model`` the detector's :attr:`Detector.provenance`.
     """
 
     path: Path
