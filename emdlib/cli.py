@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-detector", choices=("dlib", "dlib-fast"), default="dlib",
                    help="full-frame face detector: dlib (training's: HOG, one up-sampling, faces from ~40 px) or "
                         "dlib-fast (no up-sampling, then re-detected at training's scale; ~3.5x faster, misses "
-                        "faces narrower than ~80 px) (default %(default)s)")
+                        "faces narrower than ~60 px) (default %(default)s)")
     p.add_argument("--overlay", action="store_true", help="write annotated videos/images (box, score, mask heat-map)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="faces per network batch (default %(default)s)")

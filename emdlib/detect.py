@@ -19,7 +19,7 @@ scored, not only the largest. Face crops of many frames are scored together in b
   would not be the training crop. ``redetect_s=0`` (``--redetect 0``) runs the full detector on every sampled frame.
   The ``detection`` column says which way each row's face was found (``full`` / ``tracked``).
 * Face detector (``face_detector``, :data:`emdlib.data.faces.FACE_DETECTORS`): ``dlib`` (training's, the default)
-  or ``dlib-fast`` (no up-sampling, faces refined at training's scale; misses faces narrower than ~80 px), for the
+  or ``dlib-fast`` (no up-sampling, faces refined at training's scale; misses faces narrower than ~60 px), for the
   full-frame detections; measured in ``results/benchmarks/face_detector_recall.json``.
 
 * Decoding (:mod:`emdlib.data.video`, :mod:`emdlib.data.images`): the frames, times and sizes the decoder
