@@ -8,7 +8,8 @@
   to fit (FF++ ``get_boundingbox``).
 * Faster face finding (opt-in; ``emd detect --face-detector``, :data:`FACE_DETECTORS`): ``dlib-fast`` runs the same
   HOG detector without up-sampling (a quarter of the pixels: faces from about 60 px wide) and then re-detects each
-  face at training's scale in the region around it (:func:`redetect_near`), so its boxes follow the dlib path's convention.
+  face at training's scale in the region around it (:func:`redetect_near`), so its boxes follow the dlib path's
+  convention.
   :func:`redetect_near` is also ``emd detect``'s tracker between full detections.
 * Landmarks: dlib's 68-point shape predictor (iBUG 300-W order), whose model file ships in the
   ``face-recognition-models`` package. We only locate its file; importing that package needs ``pkg_resources``.
