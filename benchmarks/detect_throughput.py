@@ -18,7 +18,8 @@ crops in batches; ``bare_ratio`` = ``bare_s / wall_s`` (1.0: no overhead; the ta
 
 Models: ``mesonet`` = the official MesoInception-4 Face2Face weights from ``../shared/weights/mesonet`` (randomly
 initialised when absent; weights do not change the speed); ``emd`` = EMD at the paper's size, randomly initialised.
-The network is warmed up on one batch before timing. Results are merged into ``--out`` under the device's name::
+The network is warmed up on one batch and the face detectors on one frame before timing. Results are merged into
+``--out`` under the device's name, run by run (model, setting)::
 
     python benchmarks/detect_throughput.py --frames 250 --device cpu --threads 2
     python benchmarks/detect_throughput.py --frames 300 --device cuda --overlay --models emd mesonet
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emdlib.data.faces import resize_crop
+from emdlib.data.faces import FACE_DETECTORS, find_faces, resize_crop
 from emdlib.data.video import open_video, read_frames, write_video
 from emdlib.detect import REDETECT_S, Detector, FaceTracker, detect_file, frame_sampler
 from emdlib.io import read_json, write_json
@@ -146,12 +147,15 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not args.video.is_file():
         raise SystemExit(f"{args.video}: benchmark video not found")
-    load0 = os.getloadavg()[0]
+    command = "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    commit = git_commit()
 
     with tempfile.TemporaryDirectory() as tmp:
         frames = read_frames(args.video, range(args.frames))
         clip = write_video(Path(tmp) / "clip.mp4", [frames[i] for i in sorted(frames)], crf=23, fps=25)
         h, w = frames[0].shape[:2]
+        for name in FACE_DETECTORS:  # warm-up: dlib's first call on a frame of this size allocates (~1 s)
+            find_faces(frames[0], name)
         del frames
         runs = []
         for name in args.models:
@@ -170,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
                     raise SystemExit(f"{clip}: {res.error}")
                 parts = {k: v for k, v in res.timings.items() if k != "total"}
                 run = {
-                    "model": name, **info, "setting": setting, "options": kw, "sampling": res.sampling,
+                    "model": name, **info, "setting": setting, "options": kw, "overlay": args.overlay,
+                    "sampling": res.sampling,
+                    "command": command, "commit": commit, "clip_frames": args.frames,
+                    "load_average_1m": round(os.getloadavg()[0], 2), "threads": torch.get_num_threads(),
                     "face_detector": res.face_detector, "redetect_s": res.redetect_s,
                     "frames": res.frames_total, "frames_sampled": res.frames_sampled,
                     "full_detections": res.full_detections, "faces": res.faces, "wall_s": round(wall, 3),
@@ -189,22 +196,24 @@ def main(argv: list[str] | None = None) -> dict:
                 runs.append(run)
             del det
 
+    old = read_json(args.out) if args.out.is_file() else {}
+    results = {k: v for k, v in old.items() if isinstance(v, dict)}
+    key = f"{device.type}: {device_name(device)}"
+    # runs of separate commands merge (each run records its command, clip length, load and commit); a run of the
+    # same model, setting and overlay replaces the older one
+    same = {(r["model"], r["setting"], r.get("overlay", False)) for r in runs}
+    kept = [r for r in results.get(key, {}).get("runs", [])
+            if "setting" in r and (r["model"], r["setting"], r.get("overlay", False)) not in same]
     entry = {
-        "device": device_name(device), "device_type": device.type,
-        "command": "python " + shlex.join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "commit": git_commit(), "video": str(args.video),
-        "clip": {"width": w, "height": h, "frames": args.frames, "fps": 25},
-        "batch_size": args.batch_size, "overlay": args.overlay,
-        "load_average_1m_start": round(load0, 2), "load_average_1m_end": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__, "runs": runs,
+        "device": device_name(device), "device_type": device.type, "video": str(args.video),
+        "clip": {"width": w, "height": h, "fps": 25},
+        "batch_size": args.batch_size, "torch": torch.__version__, "runs": kept + runs,
         "note": "fps = all video frames (decoded, sampled or not) per wall-clock second of detect_file; face "
                 "finding = emdlib.detect.FaceTracker (dlib HOG, one up-sampling, full frame at key frames, "
                 "dlib re-detection near the last boxes between); network = crop resize + forward pass, batched "
                 "across frames; bare_ratio = (plain decode + the same tracker + forward passes) / wall",
     }
-    old = read_json(args.out) if args.out.is_file() else {}
-    results = {k: v for k, v in old.items() if isinstance(v, dict)}
-    results[f"{device.type}: {entry['device']}"] = entry
+    results[key] = entry
     write_json(args.out, results)
     log.info("wrote %s", args.out)
     return entry
