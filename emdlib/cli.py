@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "detection on every sampled frame (default 1)")
     p.add_argument("--face-detector", choices=("dlib", "dlib-fast"), default="dlib",
                    help="full-frame face detector: dlib (training's: HOG, one up-sampling, faces from ~40 px) or "
-                        "dlib-fast (no up-sampling, then re-detected at training's scale; ~3.5x faster, misses "
+                        "dlib-fast (no up-sampling, then re-detected at training's scale; 1.6-4x faster, misses "
                         "faces narrower than ~60 px) (default %(default)s)")
     p.add_argument("--overlay", action="store_true", help="write annotated videos/images (box, score, mask heat-map)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

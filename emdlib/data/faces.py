@@ -31,7 +31,7 @@ MIN_FACE_PX = 40  # dlib's 80×80 HOG window at one up-sampling: smaller faces a
 MIN_BOX = 8  # pixels; smaller boxes (detections mostly outside the frame) are degenerate
 #: Face detectors :func:`find_faces` offers: ``dlib`` (training's protocol; what ``prepare`` uses) and ``dlib-fast``.
 FACE_DETECTORS = ("dlib", "dlib-fast")
-FAST_UPSAMPLE = 0  # dlib-fast's full-frame pass: no up-sampling; faces from about 60 px (43 px missed, 52 px found)
+FAST_UPSAMPLE = 0  # dlib-fast's full-frame pass: no up-sampling; faces narrower than about 60 px are missed
 #: :func:`redetect_near` searches the face's rectangle grown by this share of its larger side on every side.
 REGION_PAD = 0.5
 
@@ -110,7 +110,7 @@ def find_faces(frame: np.ndarray, detector: str = "dlib") -> list[Face]:
     clipped to the frame) — reference-facts §B.4. ``emd prepare`` keeps the largest face, ``emd detect`` scores
     every usable one. Faces narrower than about :data:`MIN_FACE_PX` pixels are not found.
 
-    ``detector="dlib-fast"``: the same detector without up-sampling on the full frame (about 3.5× faster; faces
+    ``detector="dlib-fast"``: the same detector without up-sampling on the full frame (1.6–4× faster; faces
     narrower than about 60 px are missed), then each face re-detected at training's scale in the
     region around it (:func:`redetect_near`), so the rectangle is the one the ``dlib`` path finds (up to the HOG
     grid's alignment in the region); where that re-detection finds nothing the no-up-sampling rectangle is kept
