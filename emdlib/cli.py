@@ -185,10 +185,13 @@ exit status:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from emdlib.detect import Detector, detect, exit_code
+    from emdlib.detect import REDETECT_S, Detector, detect, exit_code
 
     det = Detector.from_checkpoint(args.checkpoint, args.device, args.batch_size)
-    results = detect(args.paths, det, out_dir=args.out, fps=args.fps, every=args.every, overlay=args.overlay)
+    every = 1 if args.every_frame else args.every
+    results = detect(args.paths, det, out_dir=args.out, fps=args.fps, every=every, overlay=args.overlay,
+                     face_detector=args.face_detector,
+                     redetect_s=REDETECT_S if args.redetect is None else args.redetect)
     for line in det.describe():  # what the user trusts: training data, input size, validation accuracy
         sys.stdout.write(line + "\n")
     for r in results:
@@ -207,8 +210,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 DETECT_EPILOG = """\
 outputs (in --out): <name>.csv (frame, time_s, face, left, top, right, bottom, box_x, box_y, box_size,
-p_fake, mask_area: one row per sampled frame and face), <name>.json (summary, warnings, timings, rows; also for
-inputs that failed, with the error), with --overlay <name>.overlay.mp4 (videos) or .overlay.<ext> (images),
+p_fake, mask_area, partial, detection: one row per sampled frame and face; detection is "full" or "tracked"),
+<name>.json (summary, sampling rate, the indices of the frames scored, warnings, timings, rows; also for inputs
+that failed, with the error), with --overlay <name>.overlay.mp4 (videos) or .overlay.<ext> (images),
 and summary.csv (one line per input).
 <name> is the input's file name (extension kept), or its path relative to a folder given on the command line.
 The --out folder (and any earlier emd detect output folder) is never read as input: re-running is idempotent.
@@ -275,8 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="detect_out",
                    help="folder for per-input CSV/JSON and overlays (default %(default)s)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
-    g.add_argument("--every", type=int, default=None, help="sample every N-th frame (default: every frame)")
+    # the defaults named in the help are emdlib.detect.DEFAULT_FPS / REDETECT_S and emdlib.data.faces.FACE_DETECTORS
+    # (not imported here: the parser stays free of torch and OpenCV; tests/test_detect.py checks they agree)
+    g.add_argument("--fps", type=float, default=None,
+                   help="sample this many frames per second of video (default 5)")
+    g.add_argument("--every", type=int, default=None, help="sample every N-th frame")
+    g.add_argument("--every-frame", action="store_true", help="score every frame (slower)")
+    p.add_argument("--redetect", type=float, default=None, metavar="SECONDS",
+                   help="seconds of video between full-frame face detections; in between each face is re-detected "
+                        "by dlib near its last box, and a lost face triggers a full detection at once; 0 = full "
+                        "detection on every sampled frame (default 1)")
+    p.add_argument("--face-detector", choices=("dlib", "dlib-fast"), default="dlib",
+                   help="full-frame face detector: dlib (training's: HOG, one up-sampling, faces from ~40 px) or "
+                        "dlib-fast (no up-sampling, then re-detected at training's scale; 1.6-4x faster, misses "
+                        "faces narrower than ~60 px) (default %(default)s)")
     p.add_argument("--overlay", action="store_true", help="write annotated videos/images (box, score, mask heat-map)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="faces per network batch (default %(default)s)")
@@ -398,6 +414,16 @@ def _positive(value: Any, option: str) -> None:
         raise UsageError(f"{option} {value}: must be at least 1")
 
 
+def _positive_float(value: Any, option: str) -> None:
+    if value is not None and not float(value) > 0:
+        raise UsageError(f"{option} {value}: must be above 0")
+
+
+def _non_negative(value: Any, option: str) -> None:
+    if value is not None and not float(value) >= 0:
+        raise UsageError(f"{option} {value}: must be 0 or more")
+
+
 #: What each sub-command checks before it starts: (argument, check, option name). Optional arguments left unset
 #: (None) are not checked.
 CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
@@ -409,7 +435,8 @@ CHECKS: dict[str, list[tuple[str, Callable[[Any, str], None], str]]] = {
     "prepare": [("root", _input_dir, "--root"), ("splits", _input_dir, "--splits"), ("cache", _output_dir, "--cache"),
                 ("workers", _positive, "--workers")],
     "detect": [("checkpoint", _checkpoint, "--checkpoint"), ("out", _output_dir, "--out"),
-               ("batch_size", _positive, "--batch-size"), ("device", _device, "--device")],
+               ("batch_size", _positive, "--batch-size"), ("device", _device, "--device"),
+               ("fps", _positive_float, "--fps"), ("redetect", _non_negative, "--redetect")],
     "reproduce": [("notebooks", _input_dir, "--notebooks"), ("results", _output_dir, "--results"),
                   ("data_root", _output_dir, "--data-root"), ("nproc", _positive, "--nproc")],
     "check": [("results", _output_dir, "--results"), ("data_root", _output_dir, "--data-root")],

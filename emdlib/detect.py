@@ -5,17 +5,31 @@ function: :func:`emdlib.data.faces.find_faces` — dlib's frontal detector on th
 with one up-sampling (faces down to ~40 px wide), FF++'s square box of 1.3 × the larger side clipped to the
 frame — then the crop resized to the model's input size (area interpolation when shrinking, bilinear when
 enlarging) and the shared input convention (RGB ``(x - 0.5) / 0.5``; the FER stream gets ESR's 96×96 BGR [0, 1],
-reference-facts §A.4). There is no faster, smaller-scale detection: it would change the crop (a 75-px face in a 4K
-frame vanishes; a 1080p box moves by 14 px). The one thing skipped is a frame above :data:`MAX_DETECT_PIXELS`
-(dlib at training scale would need gigabytes); the output says so. Unlike training, **every** face of a sampled
-frame is scored, not only the largest. Face crops of many frames are scored together in batches.
+reference-facts §A.4). There is no smaller-scale detection of the whole frame by default: it would change the crop
+(a 75-px face in a 4K frame vanishes). The one thing skipped is a frame above :data:`MAX_DETECT_PIXELS` (dlib at
+training scale would need gigabytes); the output says so. Unlike training, **every** face of a sampled frame is
+scored, not only the largest. Face crops of many frames are scored together in batches.
+
+* Tracking (:class:`FaceTracker`, where the protocol allows): the protocol crops each frame's faces with dlib, so
+  between full-frame detections (the first sampled frame, then every ``redetect_s`` seconds of video, default
+  :data:`REDETECT_S`, and at once when a face is lost) each face is re-detected by the *same* dlib detector at the
+  *same* scale in the region around its previous box (:func:`emdlib.data.faces.redetect_near`, a tenth of a 720p
+  frame's pixels). Every scored box is still a dlib box of that very frame; what tracking gives up is finding a
+  *new* face before the next full detection. No appearance tracker (correlation, MIL) supplies a box: its boxes
+  would not be the training crop. ``redetect_s=0`` (``--redetect 0``) runs the full detector on every sampled frame.
+  The ``detection`` column says which way each row's face was found (``full`` / ``tracked``).
+* Face detector (``face_detector``, :data:`emdlib.data.faces.FACE_DETECTORS`): ``dlib`` (training's, the default)
+  or ``dlib-fast`` (no up-sampling, faces refined at training's scale; misses faces narrower than ~60 px), for the
+  full-frame detections; measured in ``results/benchmarks/face_detector_recall.json``.
 
 * Decoding (:mod:`emdlib.data.video`, :mod:`emdlib.data.images`): the frames, times and sizes the decoder
   delivers — never the container header — upright (EXIF orientation of photos, display matrix of videos), with
   OpenCV or PyAV (AV1 and other codecs OpenCV's build lacks). Truncated images are scored with a warning and
   ``partial`` rows; videos whose frames end before the declared duration get a warning.
-* Frame sampling: every frame (default), every N-th (``every``) or the first frame of each ``1/fps`` second of
-  the decoded timeline (``fps``; variable frame rates included).
+* Frame sampling: the first frame of each ``1/fps`` second of the decoded timeline (``fps``, default
+  :data:`DEFAULT_FPS`; variable frame rates included), or every N-th frame (``every``; ``every=1`` is every frame).
+  The result names the rate (:attr:`MediaResult.sampling`) and the frames scored (:attr:`MediaResult.frames_scored`):
+  per-frame scores on sampled frames are still per-frame scores, and the video score their mean.
 * Per face: fake probability (softmax of the 2-way logits, index 1 = fake, §IV-B) and, for segmenting models
   (EMD, MultiTask), the predicted mask's area: the share of the crop whose mask probability is > 0.5.
 * Per input: the score is the mean, over sampled frames with a face, of the most-fake face's probability
@@ -36,7 +50,8 @@ Notebook use::
     from emdlib.detect import Detector, detect, detect_file
     det = Detector.from_checkpoint("runs/emd/best.safetensors")
     print(det.describe())
-    res = detect_file("clip.mp4", det, every=10)
+    res = detect_file("clip.mp4", det)               # 5 frames per second of video, faces tracked between
+    res = detect_file("clip.mp4", det, every=1, redetect_s=0)   # every frame, full detection on each (slow)
     res.rows            # pandas DataFrame, one row per sampled frame and face
     res.score, res.summary()
 """
@@ -74,12 +89,16 @@ MAX_DETECT_PIXELS = 64_000_000
 FAKE_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5
 MAX_PENDING_FRAMES = 64  # with an overlay, frames wait at most this long for their batch to be scored
+#: Default sampling rate of videos: frames per second of the clip (``emd detect --fps``).
+DEFAULT_FPS = 5.0
+#: Default seconds of video between full-frame face detections; faces are tracked in between (:class:`FaceTracker`).
+REDETECT_S = 1.0
 #: Written into every output folder: folders holding it are outputs of ``emd detect`` and never read as inputs.
 OUTPUT_MARKER = ".emd-detect-output"
 
 #: Columns of :attr:`MediaResult.rows` (and of the per-input CSV).
 ROW_COLUMNS = ("frame", "time_s", "face", "left", "top", "right", "bottom", "box_x", "box_y", "box_size",
-               "p_fake", "mask_area", "partial")
+               "p_fake", "mask_area", "partial", "detection")
 
 #: ``emd detect`` exit codes (documented in ``emd detect --help``).
 EXIT_ALL_READ, EXIT_NONE_READ, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -96,9 +115,13 @@ class MediaResult:
     ``rows`` columns: :data:`ROW_COLUMNS` — ``frame`` index (display order), ``time_s`` (the frame's presentation
     time as decoded), ``face`` (0 = largest), the detection rectangle ``left/top/right/bottom``, the FF++ crop box
     ``box_x/box_y/box_size`` fed to the model, ``p_fake``, ``mask_area`` (share of the crop predicted manipulated;
-    NaN for classification-only models) and ``partial`` (True when the pixels came from a file cut short).
-    ``kind`` is ``video``, ``image``, ``folder`` (a folder that could not be listed) or ``unknown``; ``decoder``
-    the library that decoded it; ``model`` the detector's :attr:`Detector.provenance`.
+    NaN for classification-only models), ``partial`` (True when the pixels came from a file cut short) and
+    ``detection`` (``full``: the face detector on the whole frame; ``tracked``: dlib re-detection near the face's
+    previous box, :class:`FaceTracker`). ``sampling`` names the sampling rate, ``frames_scored`` the indices of the
+    sampled frames searched for faces (a frame with no face has no row), ``full_detections`` how many of them got a
+    full-frame detection; ``face_detector`` and ``redetect_s`` are the settings used. ``kind`` is ``video``,
+    ``image``, ``folder`` (a folder that could not be listed) or ``unknown``; ``decoder`` the library that decoded
+    it; ``model`` the detector's :attr:`Detector.provenance`.
     """
 
     path: Path
@@ -118,6 +141,11 @@ class MediaResult:
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    sampling: str = ""
+    frames_scored: list[int] = field(default_factory=list)
+    full_detections: int = 0
+    face_detector: str = "dlib"
+    redetect_s: float = REDETECT_S
 
     @property
     def ok(self) -> bool:
@@ -142,7 +170,7 @@ class MediaResult:
             return f"{self.path}: ERROR {self.error}"
         what = f"{self.kind} {self.width}x{self.height}"
         if self.kind == "video":
-            what += f", {self.frames_total} frames, {self.frames_sampled} sampled"
+            what += f", {self.frames_total} frames, {self.frames_sampled} sampled ({self.sampling})"
         if self.faces == 0:
             line = f"{self.path}: {what}, no face found"
             if self.warnings:  # e.g. a truncated image: the warning is the likelier reason, not the face size
@@ -163,6 +191,9 @@ class MediaResult:
              "frames_with_face": self.frames_with_face, "frames_skipped": self.frames_skipped,
              "width": self.width, "height": self.height,
              "fps": None if math.isnan(self.fps) else self.fps, "decoder": self.decoder,
+             "sampling": self.sampling, "frames_scored": list(self.frames_scored),
+             "face_detector": self.face_detector, "redetect_s": self.redetect_s,
+             "full_detections": self.full_detections,
              "warnings": list(self.warnings), "timings_s": dict(self.timings), "outputs": dict(self.outputs),
              "model": dict(self.model)}
         if with_rows:  # NaN (no mask) → null, so the JSON is strict
@@ -457,11 +488,25 @@ def _walk(folder: Path, excluded: set, seen: set) -> Iterator[MediaItem]:
             yield MediaItem(path)
 
 
+def sampling_name(fps: float | None = None, every: int | None = None) -> str:
+    """How :func:`frame_sampler` with these arguments samples a video, in words: ``"5 fps"``, ``"every frame"``,
+    ``"every 10th frame"``."""
+    if every is not None:
+        n = int(every)
+        if n == 1:
+            return "every frame"
+        suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+        return f"every {n}{suffix} frame"
+    return f"{fps if fps is not None else DEFAULT_FPS:g} fps"
+
+
 def frame_sampler(fps: float | None = None, every: int | None = None) -> Callable[[int, float], bool]:
-    """Which frames are scored, as ``sample(index, time_s) -> bool``: all (default), every ``every``-th from 0, or —
-    with ``fps`` — the first frame of each ``1/fps``-second interval of the decoded timeline (frame times as the
-    decoder stamps them, so variable frame rates are sampled evenly in time). Raises ValueError for both, or for a
-    non-positive value."""
+    """Which frames are scored, as ``sample(index, time_s) -> bool``: every ``every``-th from 0 (``every=1``: all),
+    or the first frame of each ``1/fps``-second interval of the decoded timeline (frame times as the decoder stamps
+    them, so variable frame rates are sampled evenly in time); neither given: ``fps`` = :data:`DEFAULT_FPS`.
+    Raises ValueError for both, or for a non-positive value."""
+    if every is None and fps is None:
+        fps = DEFAULT_FPS
     if every is not None and fps is not None:
         raise ValueError("give either fps or every, not both")
     if every is not None:
@@ -469,21 +514,71 @@ def frame_sampler(fps: float | None = None, every: int | None = None) -> Callabl
             raise ValueError(f"every must be >= 1, got {every}")
         step = int(every)
         return lambda i, t: i % step == 0
-    if fps is not None:
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        last = [-1]  # the last interval that got a frame
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    last = [-1]  # the last interval that got a frame
 
-        def sample(i: int, t: float) -> bool:
-            # small epsilon so that e.g. 25 fps sampled at 5 fps picks frames 0, 5, 10, ... despite float rounding
-            k = math.floor(t * float(fps) + 1e-6)
-            if i == 0 or k > last[0]:
-                last[0] = max(k, 0)
-                return True
-            return False
+    def sample(i: int, t: float) -> bool:
+        # small epsilon so that e.g. 25 fps sampled at 5 fps picks frames 0, 5, 10, ... despite float rounding
+        k = math.floor(t * float(fps) + 1e-6)
+        if i == 0 or k > last[0]:
+            last[0] = max(k, 0)
+            return True
+        return False
 
-        return sample
-    return lambda i, t: True
+    return sample
+
+
+class FaceTracker:
+    """The faces of the successive sampled frames of one video: full detection at key frames, dlib re-detection
+    near each face in between.
+
+    ``tracker(frame, time_s) -> (faces, full)``: ``frame`` RGB uint8 ``(H, W, 3)``, ``time_s`` its time in seconds
+    (non-decreasing); ``faces`` as :func:`emdlib.data.faces.find_faces` gives them (largest first), ``full`` whether
+    this frame got a full-frame detection. A frame gets one (:func:`~emdlib.data.faces.find_faces` with
+    ``detector``) when it is the first, when ``redetect_s`` seconds of video have passed since the last one, or when
+    a face of the previous sampled frame is lost (dlib finds no face with score ≥ 0 overlapping its region: the
+    tracking confidence has dropped). Otherwise each face is re-detected by dlib at training's scale in the region
+    around its previous rectangle (:func:`~emdlib.data.faces.redetect_near`), so every box is a dlib box of this very
+    frame — the per-frame dlib crops of the protocol (reference-facts §B.4); new faces wait for the next full
+    detection. ``redetect_s=0``: a full detection on every frame. Raises ValueError for an unknown detector or a
+    negative ``redetect_s``.
+    """
+
+    def __init__(self, detector: str = "dlib", redetect_s: float = REDETECT_S):
+        if detector not in facelib.FACE_DETECTORS:
+            raise ValueError(f"unknown face detector {detector!r} (choose from {', '.join(facelib.FACE_DETECTORS)})")
+        if not redetect_s >= 0:
+            raise ValueError(f"redetect_s must be >= 0 seconds, got {redetect_s}")
+        self.detector = detector
+        self.redetect_s = float(redetect_s)
+        self.rects: list[tuple[int, int, int, int]] | None = None  # faces of the previous frame; None: none yet
+        self.last_full = -math.inf
+        self.full_detections = 0
+        self.tracked = 0
+
+    def __call__(self, frame: np.ndarray, time_s: float) -> tuple[list[facelib.Face], bool]:
+        due = (self.rects is None or self.redetect_s == 0
+               or time_s - self.last_full >= self.redetect_s - 1e-6)
+        if not due:
+            rects: list[tuple[int, int, int, int]] = []
+            for prev in self.rects:
+                found = facelib.redetect_near(frame, prev)
+                if found is None:  # lost: look at the whole frame now
+                    due = True
+                    break
+                if all(facelib.iou(found[0], r) < 0.5 for r in rects):  # two faces merged into one: keep one
+                    rects.append(found[0])
+        if due:
+            faces = facelib.find_faces(frame, self.detector)
+            self.last_full = time_s
+            self.full_detections += 1
+        else:
+            rects.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+            faces = [facelib.Face(r, facelib.crop_box(r, frame.shape)) for r in rects]
+            self.tracked += 1
+        self.rects = [f.rect for f in faces]
+        return faces, due
 
 
 # -- overlay --------------------------------------------------------------------------------------------------------
@@ -584,8 +679,14 @@ def detect_file(
     every: int | None = None,
     overlay_path: str | os.PathLike | None = None,
     progress: bool = True,
+    face_detector: str = "dlib",
+    redetect_s: float = REDETECT_S,
 ) -> MediaResult:
     """Detect and score every face in the sampled frames of one video or image.
+
+    Sampling (``fps`` or ``every``; neither: :data:`DEFAULT_FPS` frames per second) as :func:`frame_sampler`; faces
+    found by a :class:`FaceTracker` with ``face_detector`` and ``redetect_s`` (an image always gets the full
+    detection).
 
     Never raises for a bad input: the returned :class:`MediaResult` then has ``error`` set (and no rows) naming the
     problem. With ``overlay_path`` an annotated copy is written: every frame of a video (unsampled frames show the
@@ -594,7 +695,9 @@ def detect_file(
     stays in sync: frames are repeated or, where two fall in one slot, the earlier one dropped).
     """
     path = Path(path)
-    res = MediaResult(path=path, kind=media_kind(path), model=dict(detector.provenance))
+    res = MediaResult(path=path, kind=media_kind(path), model=dict(detector.provenance),
+                      sampling=sampling_name(fps, every), face_detector=face_detector, redetect_s=float(redetect_s))
+    tracker = FaceTracker(face_detector, redetect_s)
     t = {"decode": 0.0, "detect": 0.0, "network": 0.0, "overlay": 0.0, "write": 0.0}
     t_start = time.perf_counter()
     rows: list[dict] = []
@@ -603,7 +706,7 @@ def detect_file(
         if res.kind == "unknown":
             raise MediaError(f"not a supported image or video (extension {path.suffix or '(none)'!r}; images: "
                              f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)})")
-        _run(path, res, detector, fps, every, overlay_path, progress, t, rows)
+        _run(path, res, detector, tracker, fps, every, overlay_path, progress, t, rows)
     except (MediaError, VideoError, ImageError, cv2.error, MemoryError) as e:
         res.error = _reason(e, path)
     except OSError as e:
@@ -611,6 +714,7 @@ def detect_file(
     except Exception as e:  # a batch must never stop on one input; keep the traceback in the log
         log.exception("%s: unexpected error", path)
         res.error = f"unexpected error: {type(e).__name__}: {_reason(e, path)}"
+    res.full_detections = tracker.full_detections
     if res.error:
         rows = []
         res.outputs.pop("overlay", None)
@@ -634,7 +738,8 @@ def _reason(e: BaseException, path: Path) -> str:
     return msg.splitlines()[0] if msg else type(e).__name__
 
 
-def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, every: int | None,
+def _run(path: Path, res: MediaResult, detector: Detector, tracker: FaceTracker, fps: float | None,
+         every: int | None,
          overlay_path: str | os.PathLike | None, progress: bool, t: dict[str, float], rows: list[dict]) -> None:
     want_overlay = overlay_path is not None
     t0 = time.perf_counter()
@@ -647,6 +752,7 @@ def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, ev
         res.warnings += img.notes
         res.decoder = f"Pillow ({img.format} {img.mode}" + (f", EXIF orientation {img.orientation}"
                                                             if img.orientation != 1 else "") + ")"
+        res.sampling = "image"
         source: Iterator[tuple[int, float, np.ndarray | None, bool]] = iter([(0, 0.0, img.rgb, True)])
         res.height, res.width = img.rgb.shape[:2]
         total = 1
@@ -683,7 +789,7 @@ def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, ev
                 res.height, res.width = frame.shape[:2]
             if sampled and frame is not None:
                 res.frames_sampled += 1
-                current = _faces_of(frame, idx, ts, partial, detector, res, scorer, t)
+                current = _faces_of(frame, idx, ts, partial, detector, tracker, res, scorer, t)
                 rows.extend(current)
             if want_overlay and frame is not None:
                 scorer.hold(frame, current, ts)
@@ -721,14 +827,16 @@ def _run(path: Path, res: MediaResult, detector: Detector, fps: float | None, ev
                             f"{facelib.MIN_FACE_PX} px wide)")
 
 
-def _faces_of(frame: np.ndarray, idx: int, ts: float, partial: bool, detector: Detector, res: MediaResult,
-              scorer: _Scorer, t: dict[str, float]) -> list[dict]:
-    """Find the faces of one sampled frame (training's :func:`~emdlib.data.faces.find_faces`) and queue their crops."""
+def _faces_of(frame: np.ndarray, idx: int, ts: float, partial: bool, detector: Detector, tracker: FaceTracker,
+              res: MediaResult, scorer: _Scorer, t: dict[str, float]) -> list[dict]:
+    """Find the faces of one sampled frame (:class:`FaceTracker`: training's dlib boxes) and queue their crops."""
     if frame.shape[0] * frame.shape[1] > MAX_DETECT_PIXELS:
         res.frames_skipped += 1
         return []
     t0 = time.perf_counter()
-    found = [f for f in facelib.find_faces(frame) if f.usable]
+    found, full = tracker(frame, ts)
+    found = [f for f in found if f.usable]
+    res.frames_scored.append(idx)
     t["detect"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     current, crops = [], []
@@ -736,7 +844,7 @@ def _faces_of(frame: np.ndarray, idx: int, ts: float, partial: bool, detector: D
         (l, tp, r, b), box = f.rect, f.box
         current.append({"frame": idx, "time_s": round(float(ts), 4), "face": k, "left": l, "top": tp, "right": r,
                         "bottom": b, "box_x": box.x, "box_y": box.y, "box_size": box.size, "p_fake": None,
-                        "mask_area": None, "partial": bool(partial)})
+                        "mask_area": None, "partial": bool(partial), "detection": "full" if full else "tracked"})
         crops.append(resize_crop(box.crop(frame), detector.image_size))
     scorer.add(current, crops)
     t["network"] += time.perf_counter() - t0  # crop + resize: the network's input pipeline
@@ -810,6 +918,8 @@ def detect(
     device: str | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    face_detector: str = "dlib",
+    redetect_s: float = REDETECT_S,
 ) -> list[MediaResult]:
     """Score every input (files or folders) with a detector; what ``emd detect`` runs.
 
@@ -822,6 +932,7 @@ def detect(
     cause. ``checkpoint`` may be a loaded :class:`Detector`; its :meth:`Detector.describe` lines are logged.
     """
     frame_sampler(fps, every)  # validate (fps or every, not both; positive) before loading anything
+    FaceTracker(face_detector, redetect_s)  # and the face detector's name and the re-detection interval
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     det = checkpoint if isinstance(checkpoint, Detector) else Detector.from_checkpoint(checkpoint, device, batch_size)
@@ -844,13 +955,14 @@ def detect(
             log.warning("%s: %s", item.path, item.problem)
         else:
             ov = out / f"{stem}.overlay{overlay_suffix(item.path)}" if (overlay and out is not None) else None
-            res = detect_file(item.path, det, fps=fps, every=every, overlay_path=ov, progress=progress)
+            res = detect_file(item.path, det, fps=fps, every=every, overlay_path=ov, progress=progress,
+                              face_detector=face_detector, redetect_s=redetect_s)
         if out is not None:
             _write_result(out, stem, res)
         results.append(res)
     if out is not None:
         summary = pd.DataFrame([{k: v for k, v in r.to_dict(with_rows=False).items()
-                                 if k not in ("timings_s", "outputs", "warnings", "model")}
+                                 if k not in ("timings_s", "outputs", "warnings", "model", "frames_scored")}
                                 | {"warnings": "; ".join(r.warnings), **{f"out_{k}": v for k, v in r.outputs.items()}}
                                 for r in results])
         write_csv(out / "summary.csv", summary)

@@ -20,11 +20,11 @@ from conftest import shared_path
 from emdlib import cli
 from emdlib.baselines.mesonet import Meso4, MesoInception4
 from emdlib import detect as detect_mod
-from emdlib.data.faces import crop_box, detect_faces, find_faces
+from emdlib.data.faces import FACE_DETECTORS, crop_box, detect_faces, find_faces, iou, redetect_near
 from emdlib.data.images import read_image
 from emdlib.data.video import count_frames, read_frames, write_video
-from emdlib.detect import (EXIT_ALL_READ, EXIT_NONE_READ, EXIT_PARTIAL, ROW_COLUMNS, Detector, detect, detect_file,
-                           exit_code, frame_sampler, resize_crop)
+from emdlib.detect import (DEFAULT_FPS, EXIT_ALL_READ, EXIT_NONE_READ, EXIT_PARTIAL, REDETECT_S, ROW_COLUMNS, Detector,
+                           FaceTracker, detect, detect_file, exit_code, frame_sampler, resize_crop, sampling_name)
 from emdlib.registry import build_model, mesonet_from_h5, model_spec, save_detector
 
 FFPP = ("data", "ffpp-mini")
@@ -165,10 +165,29 @@ def test_frame_sampler_by_every_and_fps():
     times = [0.0, 0.04, 0.08, 0.5, 0.55, 1.0, 1.6, 1.62]
     s = frame_sampler(fps=2)
     assert [i for i, t in enumerate(times) if s(i, t)] == [0, 3, 5, 6]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="give either fps or every, not both"):
         frame_sampler(fps=5, every=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="every must be >= 1, got 0"):
         frame_sampler(every=0)
+    with pytest.raises(ValueError, match="fps must be > 0, got 0"):
+        frame_sampler(fps=0)
+
+
+def test_default_sampling_rate_picks_frames_by_the_video_rate():
+    """Neither fps nor every: DEFAULT_FPS (5) frames per second of video, whatever the clip's own rate."""
+    assert DEFAULT_FPS == 5
+    def pick(rate: float, n: int) -> list[int]:
+        sample = frame_sampler()
+        return [i for i in range(n) if sample(i, i / rate)]
+
+    assert pick(25, 26) == [0, 5, 10, 15, 20, 25]
+    assert pick(30, 31) == [0, 6, 12, 18, 24, 30]
+    # 24 fps: frame i starts interval floor(5·i/24) — 5/24 = 0.21, 10/24 = 0.42, ..., 24/24 = 1.0
+    assert pick(24, 25) == [0, 5, 10, 15, 20, 24]
+    assert pick(2, 5) == [0, 1, 2, 3, 4]  # a clip slower than the rate: every frame
+    assert [sampling_name(), sampling_name(fps=2.5), sampling_name(every=1), sampling_name(every=2),
+            sampling_name(every=11), sampling_name(every=23)] == \
+        ["5 fps", "2.5 fps", "every frame", "every 2nd frame", "every 11th frame", "every 23rd frame"]
 
 
 def test_video_rows_match_independent_face_count_and_overlay(clips, emd_detector, tmp_path):
@@ -425,3 +444,101 @@ def test_model_line_reads_sidecar_and_run_record_and_warns_for_synthetic(tmp_pat
     lines = Detector.from_checkpoint(elsewhere, device="cpu").describe()
     assert lines == [f"model: meso4 ({elsewhere}), input 256x256, trained on FaceForensics++, preset paper, "
                      "NeuralTextures c40, validation accuracy 0.900"]
+
+
+# -- speed: default sampling rate, tracking between full detections, the dlib-fast face detector ----------------------
+def test_default_video_run_says_which_frames_were_scored(clips, meso, tmp_path):
+    """20 frames at 25 fps, default sampling (5 fps) and tracking: frames 0, 5, 10, 15 scored, one full detection
+    (0.8 s of video < REDETECT_S), the rest tracked; the JSON and the summary line name the rate and the frames."""
+    results = detect([clips["real"]], meso, out_dir=tmp_path / "out", progress=False)
+    (res,) = results
+    assert res.ok and res.sampling == "5 fps" and res.frames_scored == [0, 5, 10, 15] and res.frames_sampled == 4
+    assert res.full_detections == 1 and res.face_detector == "dlib" and res.redetect_s == REDETECT_S == 1.0
+    assert res.rows["frame"].tolist() == [0, 5, 10, 15]  # one face in every scored frame
+    assert res.rows["detection"].tolist() == ["full", "tracked", "tracked", "tracked"]
+    assert f"{N_FRAMES} frames, 4 sampled (5 fps), 4 faces" in res.summary()
+    js = json.loads((tmp_path / "out" / "real.mp4.json").read_text())
+    assert (js["sampling"], js["frames_scored"], js["full_detections"]) == ("5 fps", [0, 5, 10, 15], 1)
+    assert [r["detection"] for r in js["rows"]] == ["full", "tracked", "tracked", "tracked"]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["sampling"].tolist() == ["5 fps"] and "frames_scored" not in summary.columns
+
+
+def test_tracker_boxes_every_frame_and_redetects_at_the_interval(clips):
+    """Every frame of 0.8 s at 25 fps, full detection every 0.4 s: full at frames 0 and 10, dlib re-detection near
+    the last box on the others — each a face in dlib's convention overlapping training's full-frame box."""
+    frames = read_frames(clips["fake"], range(N_FRAMES))
+    tracker = FaceTracker("dlib", redetect_s=0.4)
+    full_at = []
+    for i in range(N_FRAMES):
+        found, full = tracker(frames[i], i / 25)
+        if full:
+            full_at.append(i)
+        (ref,) = find_faces(frames[i])  # the reference: one face per frame of this clip
+        assert len(found) == 1 and iou(found[0].rect, ref.rect) >= 0.5, i
+        assert found[0].box == crop_box(found[0].rect, frames[i].shape)  # FF++'s 1.3x box of that rectangle
+    assert full_at == [0, 10] and (tracker.full_detections, tracker.tracked) == (2, 18)
+    # redetect_s=0: the full detector on every frame, i.e. exactly training's boxes
+    every = FaceTracker("dlib", redetect_s=0)
+    assert all(every(frames[i], i / 25) == (find_faces(frames[i]), True) for i in (0, 1))
+
+
+def test_tracker_redetects_at_once_when_a_face_is_lost(clips):
+    frames = read_frames(clips["real"], [0, 1])
+    blank = np.full_like(frames[0], 127)
+    tracker = FaceTracker("dlib", redetect_s=10)
+    assert tracker(frames[0], 0.0)[1] is True
+    found, full = tracker(blank, 0.04)  # the face is gone: dlib finds nothing near its box → full detection now
+    assert (found, full) == ([], True) and tracker.full_detections == 2
+    # with no face left to follow, a new face waits for the next full detection (10 s later)
+    assert tracker(frames[1], 0.08) == ([], False)
+    assert len(tracker(frames[1], 10.04)[0]) == 1
+    assert redetect_near(blank, (100, 50, 180, 130)) is None
+
+
+def test_dlib_fast_boxes_follow_the_dlib_convention(face_rgb):
+    """On a London photo the fast detector's rectangle is (nearly) dlib's at training scale, boxed the same way;
+    a face ~43 px wide is found by dlib (one up-sampling) and missed by dlib-fast (none): its documented limit."""
+    (ref,) = find_faces(face_rgb)
+    (fast,) = find_faces(face_rgb, "dlib-fast")
+    assert iou(fast.rect, ref.rect) > 0.9 and all(abs(a - b) <= 4 for a, b in zip(fast.rect, ref.rect))
+    assert fast.box == crop_box(fast.rect, face_rgb.shape)
+    small = cv2.resize(face_rgb, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+    canvas = np.full((240, 320, 3), 128, np.uint8)
+    canvas[20 : 20 + small.shape[0], 100 : 100 + small.shape[1]] = small
+    (tiny,) = find_faces(canvas)
+    assert 35 <= tiny.rect[2] - tiny.rect[0] <= 50 and find_faces(canvas, "dlib-fast") == []
+    assert FACE_DETECTORS == ("dlib", "dlib-fast")
+    with pytest.raises(ValueError, match="unknown face detector 'hog' \\(choose from dlib, dlib-fast\\)"):
+        find_faces(face_rgb, "hog")
+
+
+def test_iou_by_hand():
+    assert iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)  # inclusive corners: 10×10 boxes
+    assert iou((0, 0, 9, 9), (10, 10, 19, 19)) == 0.0
+
+
+def test_detect_options_are_checked_and_cli_help_defaults_agree(face_rgb, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown face detector 'x'"):
+        FaceTracker("x")
+    with pytest.raises(ValueError, match="redetect_s must be >= 0 seconds, got -1"):
+        detect([tmp_path], _ckpt(tmp_path), redetect_s=-1)
+    ck = _ckpt(tmp_path)
+    good = tmp_path / "face.jpg"
+    cv2.imwrite(str(good), cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR))
+    assert cli.main(["detect", str(good), "--checkpoint", ck, "--redetect", "-1"]) == 2
+    assert cli.main(["detect", str(good), "--checkpoint", ck, "--fps", "0"]) == 2
+    for bad in (["--face-detector", "hog"], ["--every-frame", "--fps", "2"], ["--every-frame", "--every", "2"]):
+        with pytest.raises(SystemExit):
+            cli.main(["detect", str(good), "--checkpoint", ck, *bad])
+    capsys.readouterr()
+    # the parser names the library's defaults without importing it (it stays free of torch and OpenCV)
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["detect"]
+    helps = {a.dest: a for a in sub._actions}
+    assert f"(default {DEFAULT_FPS:g})" in helps["fps"].help and f"(default {REDETECT_S:g})" in helps["redetect"].help
+    assert tuple(helps["face_detector"].choices) == FACE_DETECTORS
+    # --every-frame scores every frame; the image path is unchanged by sampling and tracking
+    assert cli.main(["detect", str(good), "--checkpoint", ck, "--every-frame", "--out", str(tmp_path / "o")]) == 0
+    js = json.loads((tmp_path / "o" / "face.jpg.json").read_text())
+    assert js["sampling"] == "image" and js["frames_scored"] == [0] and js["rows"][0]["detection"] == "full"
