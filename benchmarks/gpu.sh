@@ -69,7 +69,7 @@ for v in videos:
 write_video(sys.argv[2], frames[:300], fps=25)
 EOF
   fi
-  step detect "$PYTHON" benchmarks/detect_throughput.py --device "$DEVICE" --video "$CLIP" --frames 300 \
+  step detect "$PYTHON" benchmarks/detect_throughput.py --device "$DEVICE" --video "$CLIP" --frames 250 --models emd mesonet \
     --out "$OUT/detect_throughput.json"
 fi
 
