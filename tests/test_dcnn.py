@@ -243,3 +243,27 @@ def test_run_torch_fits_the_classifier_on_the_unaugmented_split_and_resaves_the_
     assert state["fitted_on"].item() == 6 and meta["model"] == {"name": "fake", "kwargs": {"fitted_on": 6}}
     assert meta["kind"] == "best" and meta["epoch"] == 1  # the sidecar's training metadata is kept
     assert len(pred["prob"]) == 4
+
+
+def test_imagenet_weights_offline_fail_clearly(monkeypatch) -> None:
+    from torchvision.models._api import WeightsEnum
+
+    from emdlib.baselines.dcnn import DCNN
+
+    def offline(self, *args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match=r"torchvision 'alexnet' could not be downloaded \(OSError: offline\). "
+                                           r"Give a local folder holding alexnet\.pth"):
+        DCNN(input_size=64, pretrained=True)
+
+
+def test_the_study_builds_dcnn_from_its_recipe_and_the_preset() -> None:
+    from emdlib.presets import get_preset
+    from emdlib.study.experiments import SYSTEMS, baseline_kwargs, initial_weights
+
+    procrc = {"procrc_lambda": 1e-2, "procrc_gamma": 1e-2, "max_dictionary": 4000}
+    assert baseline_kwargs(SYSTEMS["DCNN"], get_preset("tiny")) == {"input_size": 64, **procrc, "pretrained": False}
+    assert baseline_kwargs(SYSTEMS["DCNN"], get_preset("paper")) == {"input_size": 224, **procrc, "pretrained": True}
+    assert initial_weights(get_preset("paper"), SYSTEMS["DCNN"])["source"] == "torchvision"
