@@ -179,6 +179,12 @@ def test_a_fitted_dcnn_round_trips_through_the_registry(dcnn, tmp_path) -> None:
     image = _batch(seed=4)["image"]
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(image).logits, dcnn(image).logits, rtol=0, atol=0)
+    # a model built before fitting (as the training loop's) takes the fitted state too, resizing the classifier
+    from emdlib.baselines.dcnn import DCNN
+
+    fresh = DCNN(input_size=64).eval()
+    fresh.load_state_dict(dcnn.state_dict())
+    assert fresh.classifier_fitted and torch.equal(fresh.projection, dcnn.projection)
 
 
 def test_pretrained_weights_from_a_folder_must_fit(tmp_path) -> None:

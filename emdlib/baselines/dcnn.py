@@ -167,6 +167,15 @@ class DCNN(DetectorNet):
                                            "procrc_lambda": self.procrc_lambda, "procrc_gamma": self.procrc_gamma,
                                            "seed": self.seed}}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state with a fitted classifier loads into a model built with another dictionary size (e.g. the study
+        # resuming a run whose best checkpoint already holds it); the registry checks sizes against the spec first
+        for name in ("dictionary", "dictionary_labels", "projection"):
+            incoming, own = state_dict.get(prefix + name), getattr(self, name)
+            if incoming is not None and incoming.shape != own.shape and incoming.shape[1:] == own.shape[1:]:
+                setattr(self, name, torch.zeros(incoming.shape, dtype=own.dtype, device=own.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def network_input(self, image: torch.Tensor) -> torch.Tensor:
         """Shared ``(x - 0.5) / 0.5`` RGB ``(N, 3, S, S)`` → ``(N, 3, input_size, input_size)`` ImageNet-normalised."""
         x = inputs.resize(inputs.to_rgb01(image), self.input_size)
