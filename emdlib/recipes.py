@@ -77,8 +77,8 @@ class Recipe:
     epochs; ``augmentation`` one of :data:`AUGMENTATIONS`; ``input_size`` the side (px) the network is built for
     (None: the preset's face size); ``loss`` and ``model_selection`` as text; ``classifier``: the settings of a
     classifier fitted on the trained network's features (DCNN's ProCRC: a mapping of constructor arguments,
-    :func:`emdlib.study.experiments.baseline_kwargs` passes them), None for the others. ``sized_input``: the network is built
-    for a fixed input size (constructor ``input_size``), which the study caps at the preset's face size.
+    :func:`emdlib.study.experiments.baseline_kwargs` passes them), None for the others. ``sized_input``: the network
+    is built for a fixed input size (constructor ``input_size``), which the study caps at the preset's face size.
     """
 
     kind: str

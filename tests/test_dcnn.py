@@ -153,7 +153,8 @@ def test_fine_tuning_overfits_a_tiny_batch() -> None:
 def test_fit_classifier_caps_the_dictionary_and_forward_then_uses_procrc(dcnn) -> None:
     batches = [_batch(4, seed=1), _batch(4, seed=2)]  # 4 images of each class; max_dictionary = 3
     assert dcnn.fit_classifier(batches) is True
-    assert dcnn.dictionary.shape == (6, 8192) and torch.equal(torch.bincount(dcnn.dictionary_labels), torch.tensor([3, 3]))
+    assert dcnn.dictionary.shape == (6, 8192)
+    assert torch.equal(torch.bincount(dcnn.dictionary_labels), torch.tensor([3, 3]))
     assert dcnn.spec()["kwargs"]["dictionary_size"] == 6
     dcnn.eval()
     with torch.no_grad():

@@ -20,7 +20,8 @@ common to all classes cancel in the normalisation). Its scale does not change th
 over images (AUC) or accuracy at 0.5.
 
 No well-kept Python implementation was found (the local PyPI package lists have no ProCRC or collaborative-
-representation classifier; public code holds the MATLAB release and unmaintained copies), so this module is ours: a few lines of ``torch.linalg`` (Cholesky of the SPD system matrix, float64).
+representation classifier; public code holds the MATLAB release and unmaintained copies), so this module is ours:
+a few lines of ``torch.linalg`` (Cholesky of the SPD system matrix, float64).
 """
 
 from __future__ import annotations
