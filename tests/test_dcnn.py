@@ -233,10 +233,13 @@ class _Faces(torch.utils.data.Dataset):
 
 def test_run_torch_fits_the_classifier_on_the_unaugmented_split_and_resaves_the_best_checkpoint(monkeypatch,
                                                                                                  tmp_path) -> None:
+    from emdlib import registry
     from emdlib.checkpoint import load_checkpoint
     from emdlib.study import experiments
     from emdlib.train import TrainConfig
 
+    # the re-saved spec is checked against the registry as any sidecar is
+    monkeypatch.setitem(registry.MODELS, "fake", registry.Entry("tests.test_dcnn:_Fitted", {"fitted_on": registry.INT}))
     model = _Fitted()
     monkeypatch.setattr(experiments, "build_system", lambda study, system: (model, {"name": "fake", "kwargs": {}}))
     monkeypatch.setattr(experiments, "train_config", lambda system, preset, seed=0: TrainConfig(

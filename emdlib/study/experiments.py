@@ -324,9 +324,10 @@ def _resave_best(path: str | Path, model: torch.nn.Module, spec: dict[str, Any])
     metadata kept and its ``model`` entry set to ``spec`` (the spec that rebuilds it, e.g. with the classifier's
     size)."""
     from emdlib.checkpoint import load_meta, save_checkpoint
+    from emdlib.registry import check_spec
 
     meta = {k: v for k, v in load_meta(path).items() if k != "sha256"}
-    save_checkpoint(path, model.state_dict(), {**meta, "model": spec})
+    save_checkpoint(path, model.state_dict(), {**meta, "model": check_spec(spec, path)})
     log.info("%s: re-saved with the fitted classifier", path)
 
 
