@@ -121,6 +121,9 @@ def test_dcnn_output_contract_before_the_classifier_is_fitted(dcnn) -> None:
     assert a.shape == v.shape == (4, 2)
     torch.testing.assert_close(out.logits, (F.log_softmax(a, 1) + F.log_softmax(v, 1)) / 2)
     assert not dcnn.classifier_fitted and dcnn.spec()["kwargs"]["dictionary_size"] == 0
+    # the published networks less their 1000-class FC-8 (4096·1000 + 1000) plus 2-class heads (4096·2 + 2)
+    heads = -4_097_000 + 8_194
+    assert sum(p.numel() for p in dcnn.parameters()) == (61_100_840 + heads) + (143_667_240 + heads)
     feats = dcnn.features(_batch()["image"])
     assert feats.shape == (4, 8192)
     torch.testing.assert_close(feats.norm(dim=1), torch.ones(4))
