@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emdlib.baselines.procrc import procrc_log_prob, procrc_projection, procrc_residuals, stratified_subset
+from emdlib.baselines.procrc import procrc_log_prob, procrc_projection, procrc_residuals
 from emdlib.models.detector import DetectorNet, DetectorOutput
 
 torch.set_num_threads(1)
@@ -79,14 +79,6 @@ def test_procrc_refuses_bad_input() -> None:
         procrc_projection(x, torch.tensor([0, 1, 1]), 2, 0.0, 1e-2)
     with pytest.raises(ValueError, match=r"labels must be \(3,\)"):
         procrc_projection(x, torch.tensor([0, 1]), 2, 1e-2, 1e-2)
-
-
-def test_stratified_subset_caps_each_class_and_is_seeded() -> None:
-    labels = torch.tensor([0] * 10 + [1] * 3)
-    idx = stratified_subset(labels, 4, seed=5)
-    assert torch.equal(torch.bincount(labels[idx]), torch.tensor([4, 3]))
-    assert torch.equal(idx, stratified_subset(labels, 4, seed=5))
-    assert set(range(10, 13)) <= set(idx.tolist())  # a class under the cap keeps every sample
 
 
 # ----------------------------------------------------------------------------------------------------------- DCNN

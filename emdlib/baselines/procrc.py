@@ -90,18 +90,3 @@ def procrc_log_prob(residuals: torch.Tensor) -> torch.Tensor:
     """``log P(k | y)`` ``(m, K)`` with ``P(k | y) ∝ exp(−r_k)`` (module docstring)."""
     return F.log_softmax(-residuals, dim=1)
 
-
-def stratified_subset(labels: torch.Tensor, max_per_class: int, seed: int) -> torch.Tensor:
-    """Indices (sorted) of a seeded class-stratified random subset of ``labels`` ``(n,)``: every sample of a class
-    with at most ``max_per_class`` samples, else ``max_per_class`` drawn uniformly without replacement. Raises
-    ValueError for ``max_per_class < 1``."""
-    if max_per_class < 1:
-        raise ValueError(f"max_per_class must be >= 1, got {max_per_class}")
-    gen = torch.Generator().manual_seed(int(seed))
-    keep = []
-    for c in torch.unique(labels.cpu()).tolist():
-        idx = torch.nonzero(labels.cpu() == c).flatten()
-        if len(idx) > max_per_class:
-            idx = idx[torch.randperm(len(idx), generator=gen)[:max_per_class]]
-        keep.append(idx)
-    return torch.sort(torch.cat(keep)).values
