@@ -40,7 +40,8 @@ STATUSES: tuple[str, ...] = ("official code", "paper", "FF++ paper appendix", "i
 AUGMENTATIONS: tuple[str, ...] = ("hflip", "none")
 #: The recipe fields, in table order; a field is None where it does not apply (e.g. momentum for Adam).
 FIELDS: tuple[str, ...] = ("optimizer", "lr", "betas", "eps", "momentum", "weight_decay", "svm_c", "batch_size",
-                           "warmup_epochs", "epochs", "augmentation", "input_size", "loss", "model_selection")
+                           "warmup_epochs", "epochs", "augmentation", "input_size", "loss", "model_selection",
+                           "classifier")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ class Recipe:
     ``momentum`` SGD's; ``weight_decay`` L2 coefficient; ``svm_c`` the SVM's C; ``batch_size`` images per step;
     ``warmup_epochs`` epochs training only the model's ``warmup_parameters()`` (0: none), then ``epochs`` full
     epochs; ``augmentation`` one of :data:`AUGMENTATIONS`; ``input_size`` the side (px) the network is built for
-    (None: the preset's face size); ``loss`` and ``model_selection`` as text. ``sized_input``: the network is built
-    for a fixed input size (constructor ``input_size``), which the study caps at the preset's face size.
+    (None: the preset's face size); ``loss`` and ``model_selection`` as text; ``classifier``: the settings of a
+    classifier fitted on the trained network's features (DCNN's ProCRC: a mapping of constructor arguments,
+    :func:`emdlib.study.experiments.baseline_kwargs` passes them), None for the others. ``sized_input``: the network
+    is built for a fixed input size (constructor ``input_size``), which the study caps at the preset's face size.
     """
 
     kind: str
@@ -94,6 +97,7 @@ class Recipe:
     batch_size: Cited | None = None
     warmup_epochs: Cited | None = None
     epochs: Cited | None = None
+    classifier: Cited | None = None
     sized_input: bool = False
 
     def __post_init__(self) -> None:
@@ -311,6 +315,44 @@ RECIPES: dict[str, Recipe] = {r.kind: r for r in [
                                   "a linear SVM at a fixed C has nothing to select"),
     ),
 ]}
+
+
+from emdlib.baselines import dcnn  # noqa: E402 (beside its entry, so parallel additions do not collide)
+
+_DCNN = "RDCNN: Raghavendra et al., CVPRW 2017"
+_DCNN_UNREAD = ("the DCNN paper's training section could not be read here (only its abstract: fine-tuned AlexNet and "
+                "VGG-19, first-FC features fused, P-CRC)")
+RECIPES["dcnn"] = Recipe(
+    "dcnn", "DCNN (Raghavendra et al., CVPRW 2017; EMD Table III)",
+    optimizer=_inferred("sgd", f"{_DCNN}; AlexNet/VGG papers (SGD with momentum)", _DCNN_UNREAD + "; fine-tuning an "
+                        "ImageNet CNN is done with the SGD it was trained with"),
+    lr=_inferred(1e-3, f"{_DCNN}", _DCNN_UNREAD + "; 1e-3 is the usual fine-tuning rate (a tenth of the ImageNet "
+                 "networks' initial 1e-2)"),
+    momentum=_inferred(0.9, "AlexNet (Krizhevsky et al. 2012) and VGG (Simonyan & Zisserman 2015) training",
+                       _DCNN_UNREAD + "; the networks' own momentum"),
+    weight_decay=_inferred(5e-4, "AlexNet (Krizhevsky et al. 2012) and VGG (Simonyan & Zisserman 2015) training",
+                           _DCNN_UNREAD + "; the networks' own weight decay"),
+    batch_size=_inferred(32, _DCNN, _DCNN_UNREAD + "; FF++'s batch for its ImageNet-pretrained XceptionNet"),
+    warmup_epochs=_inferred(0, _DCNN, "the abstract fine-tunes both networks; no frozen phase is known"),
+    epochs=_inferred(20, _DCNN, _DCNN_UNREAD + "; it gets EMD's 20 full epochs (§IV-B), the budget of the method "
+                     "it is compared with"),
+    augmentation=_inferred("none", _DCNN, _DCNN_UNREAD + "; no augmentation is known to be used"),
+    input_size=_inferred(dcnn.INPUT_SIZE, "torchvision alexnet/vgg19 (ImageNet at 224×224)",
+                         "the ImageNet size of both networks; the paper's resizing could not be read"),
+    loss=_inferred("softmax cross-entropy of each network's 2-class head, summed", _DCNN,
+                   "each network is fine-tuned as a 2-class softmax classifier; summing the two losses of networks "
+                   "that share no parameter is fine-tuning each on the same batches"),
+    model_selection=_inferred("best validation accuracy (heads' mean log-softmax), then ProCRC fitted once",
+                              _DCNN, _SELECT),
+    classifier=_inferred({"procrc_lambda": dcnn.PROCRC_LAMBDA, "procrc_gamma": dcnn.PROCRC_GAMMA,
+                          "max_dictionary": dcnn.MAX_DICTIONARY},
+                         "P-CRC: RDCNN abstract; ProCRC: Cai et al., CVPR 2016 and its ProCRC.m (λ, γ weighting)",
+                         "λ and γ are not known for DCNN; λ = 1e-2 as the public two-class (anti-spoofing) ProCRC "
+                         "scripts, γ = 1e-2 as public ProCRC uses (e.g. an MSR-Action3D script), not tuned here; "
+                         "the dictionary is "
+                         f"capped at {dcnn.MAX_DICTIONARY:,} images per class (deviation `dcnn-dictionary`)"),
+    sized_input=True,
+)
 
 
 def recipe_for(kind: str) -> Recipe:

@@ -116,6 +116,9 @@ MODELS: dict[str, Entry] = {
                        {"q": FLOAT, "T": INT, "temperature": FLOAT, "crop": Param((int,), nullable=True)}),
     "bayar_stamm": Entry("emdlib.baselines.bayar:BayarStamm", {"input_size": INT, "fc_width": INT, "num_classes": INT}),
     "rahmouni": Entry("emdlib.baselines.rahmouni:Rahmouni", {"num_classes": INT, "keep_prob": FLOAT}),
+    "dcnn": Entry("emdlib.baselines.dcnn:DCNN", {"input_size": INT, "max_dictionary": INT, "dictionary_size": INT,
+                                                 "procrc_lambda": FLOAT, "procrc_gamma": FLOAT, "seed": INT},
+                  pretrained=True),
 }
 
 

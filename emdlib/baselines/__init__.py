@@ -18,6 +18,7 @@ meso4                  MesoNet's Meso-4 variant                    :mod:`.mesone
 xception               XceptionNet (FF++)                          :mod:`.xception`
 multitask              MultiTask (ClassNSeg)                       :mod:`.classnseg`
 multitask_ensfer       MultiTask+EnsFER                            :mod:`.classnseg`
+dcnn                   DCNN (Raghavendra et al., Table III)        :mod:`.dcnn` (ProCRC: :mod:`.procrc`)
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -38,6 +39,7 @@ _REGISTRY = {
     "xception": ("xception", "XceptionNet"),
     "multitask": ("classnseg", "MultiTask"),
     "multitask_ensfer": ("classnseg", "MultiTaskEnsFER"),
+    "dcnn": ("dcnn", "DCNN"),
 }
 
 

@@ -16,14 +16,16 @@ without asking what a model happens to define.
   layer"); by default everything trainable;
 * ``trainable_parameters()``: what the optimiser holds; by default every parameter that requires a gradient (EMD
   leaves out its frozen FER stream, Algorithm 1);
-* ``after_step()``: called after every optimiser step (Bayar & Stamm's constraint projection); by default nothing.
+* ``after_step()``: called after every optimiser step (Bayar & Stamm's constraint projection); by default nothing;
+* ``fit_classifier(batches) -> bool``: called once after training with the unaugmented training split, for a system
+  whose final classifier is fitted on the trained network's features (DCNN's ProCRC); by default nothing (False).
 
 The Steg.Features + SVM baseline is a scikit-learn Pipeline, not a torch detector.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +109,15 @@ class DetectorNet(nn.Module):
 
     def after_step(self) -> None:
         """Called by the training loop after every optimiser step; nothing by default."""
+
+    def fit_classifier(self, batches: Iterable[Mapping[str, Any]]) -> bool:
+        """Fit a classifier on the trained network's features, after :func:`emdlib.train.fit`.
+
+        ``batches``: the unaugmented training split, mappings with at least ``image`` and ``label`` as the training
+        loop's. Returns True when the model changed (the study then re-saves its best checkpoint with
+        :meth:`spec`), False when the system has no such classifier (the default: nothing is done).
+        """
+        return False
 
     def spec(self) -> dict[str, Any] | None:
         """The registry entry (``{"name", "kwargs"}``, :mod:`emdlib.registry`) that rebuilds this network, when the

@@ -13,6 +13,7 @@ Fig. 6 (:func:`training_size_plan`, :func:`training_size_runs`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -66,6 +67,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("Rahmouni et al.", "rahmouni"),
     System("Cozzolino et al.", "cozzolino"),
     System("Steg.Features+SVM", "steg_features_svm"),
+    System("DCNN", "dcnn"),
 ]}
 
 #: The expression-manipulation methods of Table V and Figs. 4–7.
@@ -87,13 +89,19 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     MesoNet and ClassNSeg (256 px), Bayar & Stamm (a 128-px crop) — take their recipe's size
     (:data:`emdlib.recipes.RECIPES`), or the preset's face size when that is smaller (``input_size``): upsampling a
     64-px face adds no information, only compute (16× at 256 px). MesoNet takes the preset's
-    ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`).
+    ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`). A recipe's ``classifier``
+    settings are constructor arguments (DCNN's ProCRC), and DCNN takes ``pretrained`` as the preset (AlexNet and
+    VGG-19 from torchvision's ImageNet weights).
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
     recipe = recipe_for(system.kind)
     kwargs: dict[str, Any] = ({"input_size": min(int(recipe.input_size.value), preset.emd.image_size)}
                               if recipe.sized_input else {})
+    if recipe.classifier is not None:  # DCNN's ProCRC settings
+        kwargs.update(recipe.classifier.value)
+    if system.kind == "dcnn":  # AlexNet and VGG-19 start from ImageNet as the preset says (torchvision's weights)
+        kwargs["pretrained"] = preset.emd.pretrained
     if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
         kwargs["bn_momentum"] = preset.emd.baseline_bn_momentum
     return kwargs
@@ -143,6 +151,10 @@ def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
         from emdlib.baselines.xception import TIMM_NAME
 
         return describe_weights(preset.emd.pretrained, TIMM_NAME)
+    if system.kind == "dcnn":
+        from emdlib.baselines.dcnn import describe_initial_weights
+
+        return describe_initial_weights(preset.emd.pretrained)
     return {"source": "random"}
 
 
@@ -345,16 +357,24 @@ def _run_torch_process(study: Study, system: System, sets: dict, name: str, seed
 
 
 def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
-    """Train ``system`` on the cell's ``sets`` (:func:`emdlib.train.fit`, data parallel under a process group) and
-    predict the test split; ``(predictions, training info, best checkpoint path)``. The recorded ``world_size`` is
-    the number of processes that trained it."""
-    from emdlib.train import fit, loader_workers, predict, resolve_device
+    """Train ``system`` on the cell's ``sets`` (:func:`emdlib.train.fit`, data parallel under a process group), fit
+    the system's own classifier where it has one (:meth:`~emdlib.models.detector.DetectorNet.fit_classifier`, DCNN's
+    ProCRC: on the unaugmented training split, every rank alike; rank 0 then re-saves the best checkpoint holding
+    it, :func:`_resave_best`) and predict the test split; ``(predictions, training info, best checkpoint path)``.
+    The recorded ``world_size`` is the number of processes that trained it."""
+    from emdlib.train import fit, loader_workers, make_loader, predict, resolve_device
 
     model, spec = build_system(study, system)
     device = resolve_device(distributed.local_device(study.device) if distributed.is_distributed() else study.device)
     cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device,
                               num_workers=loader_workers(device))  # GPU: batches loaded by pinned-memory workers
     summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
+    loader = make_loader(_unaugmented(sets["train"]), cfg.batch_size, False, seed, cfg.num_workers)
+    if model.fit_classifier(loader) and summary.get("best_checkpoint"):
+        spec = model.spec() or spec
+        if distributed.is_main():
+            _resave_best(summary["best_checkpoint"], model, spec)
+        distributed.barrier()
     pred = predict(model, sets["test"], device=cfg.device, batch_size=cfg.batch_size, seed=seed,
                    num_workers=cfg.num_workers)
     if getattr(getattr(model, "fer", None), "memo", None) is not None:
@@ -364,6 +384,26 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     if distributed.is_distributed():
         info["config"]["world_size"] = distributed.world_size()
     return pred, info, summary.get("best_checkpoint") or summary.get("last_checkpoint")
+
+
+def _unaugmented(data):
+    """``data`` without training-time flips (a shallow copy when it flips; :class:`ManipulationDataset`)."""
+    if getattr(data, "augment", False):
+        data = copy.copy(data)
+        data.augment = False
+    return data
+
+
+def _resave_best(path: str | Path, model: torch.nn.Module, spec: dict[str, Any]) -> None:
+    """Rewrite the best checkpoint with ``model``'s weights (now holding its fitted classifier), its sidecar's
+    metadata kept and its ``model`` entry set to ``spec`` (the spec that rebuilds it, e.g. with the classifier's
+    size)."""
+    from emdlib.checkpoint import load_meta, save_checkpoint
+    from emdlib.registry import check_spec
+
+    meta = {k: v for k, v in load_meta(path).items() if k != "sha256"}
+    save_checkpoint(path, model.state_dict(), {**meta, "model": check_spec(spec, path)})
+    log.info("%s: re-saved with the fitted classifier", path)
 
 
 def _run_svm(sets: dict, recipe: Recipe):
