@@ -116,6 +116,8 @@ MODELS: dict[str, Entry] = {
                        {"q": FLOAT, "T": INT, "temperature": FLOAT, "crop": Param((int,), nullable=True)}),
     "bayar_stamm": Entry("emdlib.baselines.bayar:BayarStamm", {"input_size": INT, "fc_width": INT, "num_classes": INT}),
     "rahmouni": Entry("emdlib.baselines.rahmouni:Rahmouni", {"num_classes": INT, "keep_prob": FLOAT}),
+    "capsule_forensics": Entry("emdlib.baselines.capsule_forensics:CapsuleForensics", {"input_size": INT},
+                               pretrained=True),
 }
 
 

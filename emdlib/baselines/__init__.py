@@ -18,6 +18,7 @@ meso4                  MesoNet's Meso-4 variant                    :mod:`.mesone
 xception               XceptionNet (FF++)                          :mod:`.xception`
 multitask              MultiTask (ClassNSeg)                       :mod:`.classnseg`
 multitask_ensfer       MultiTask+EnsFER                            :mod:`.classnseg`
+capsule_forensics      Capsule-Forensics (v1; Table III)           :mod:`.capsule_forensics`
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -38,6 +39,7 @@ _REGISTRY = {
     "xception": ("xception", "XceptionNet"),
     "multitask": ("classnseg", "MultiTask"),
     "multitask_ensfer": ("classnseg", "MultiTaskEnsFER"),
+    "capsule_forensics": ("capsule_forensics", "CapsuleForensics"),
 }
 
 
