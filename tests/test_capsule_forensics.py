@@ -303,3 +303,25 @@ def test_overfits_a_tiny_batch():
     model.eval()
     with torch.no_grad():
         assert torch.equal((model(batch["image"]).prob > 0.5).long(), batch["label"])
+
+
+# --- the study builds it as the preset says ------------------------------------------------------------------
+
+
+def test_study_builds_it_from_the_preset():
+    from emdlib.presets import get_preset
+    from emdlib.recipes import recipe_for, scale_epochs
+    from emdlib.study import experiments
+
+    system = experiments.SYSTEMS["Capsule-Forensics"]
+    tiny, paper = get_preset("tiny"), get_preset("paper")
+    assert experiments.baseline_kwargs(system, tiny) == {"input_size": 64, "pretrained": False}
+    assert experiments.baseline_kwargs(system, paper) == {"input_size": 128, "pretrained": True}
+    assert experiments.initial_weights(tiny, system) == {"source": "random"}
+    assert experiments.initial_weights(paper, system) == {"source": "torchvision", "model": "vgg19",
+                                                          "weights": "IMAGENET1K_V1"}
+    recipe = recipe_for(system.kind)
+    assert (recipe.lr.value, recipe.batch_size.value, recipe.input_size.value) == (5e-4, 100, 128)
+    assert scale_epochs(recipe, paper.emd) == (0, 100) and scale_epochs(recipe, get_preset("cpu").emd) == (0, 30)
+    cfg = experiments.train_config(system, tiny)
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.warmup_epochs) == ("adam", 5e-4, 100, 0)
