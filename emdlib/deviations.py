@@ -213,7 +213,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "baseline-recipe", "Baseline training recipes: sources, inferred values, scaled epochs",
         "§IV-C compares with each baseline as published. Their recipes are in their official code (ClassNSeg "
-        "`train.py`, MesoNet `classifiers.py`, CGvsPhoto `model.py`, FF++'s `classification/`) and in FF++'s "
+        "`train.py`, Capsule-Forensics `train.py`, MesoNet `classifiers.py`, CGvsPhoto `model.py`, FF++'s "
+        "`classification/`) and in FF++'s "
         "appendix (e.g. XceptionNet: Adam 2e-4, batch 32, 3 + 15 epochs; reference-facts §B.5, §D), whose text "
         "could not be re-read here.",
         "Each system trains with its own recipe from one table (`RECIPES`, rendered by `recipes_markdown`; every "
