@@ -11,7 +11,7 @@ import torch
 
 from conftest import shared_path
 from emdlib.baselines import build_baseline
-from emdlib.baselines.capsule_forensics import (OFFICIAL_LAYERS, PARAMETERS, CapsuleForensics, DynamicRouting,
+from emdlib.baselines.capsule_forensics import (OFFICIAL_LAYERS, CapsuleForensics, DynamicRouting,
                                                 capsule_loss, describe_vgg_weights, load_capsule_forensics,
                                                 official_scores, official_to_logits, squash, statistics_pooling,
                                                 vgg_features_state, vgg19_to_pool3)
@@ -137,10 +137,12 @@ def test_loading_is_strict_and_names_the_file(tmp_path):
 
 def test_parameter_count_equals_the_papers():
     model = CapsuleForensics()
-    assert n_params(model.features) == PARAMETERS["features"] == 2_325_568  # VGG-19 conv1_1 … conv3_4
-    assert n_params(model.capsules.primary[0]) == PARAMETERS["primary_capsule"] == 157_043
-    assert n_params(model.capsules.routing) == PARAMETERS["routing"] == 2 * 3 * 4 * 8
-    assert n_params(model) == PARAMETERS["total"] == PAPER_PARAMETERS
+    assert n_params(model.features) == 2_325_568  # VGG-19 conv1_1 … conv3_4
+    # conv 256→64 (147,520) + BN (128) + conv 64→16 (9,232) + BN (32) + conv1d 2→8 (88) + BN (16) + conv1d 8→1 (25)
+    # + BN (2)
+    assert n_params(model.capsules.primary[0]) == 157_043
+    assert n_params(model.capsules.routing) == 2 * 3 * 4 * 8
+    assert n_params(model) == 2_325_568 + 3 * 157_043 + 192 == PAPER_PARAMETERS
 
 
 def test_vgg_part_is_torchvisions_layout():

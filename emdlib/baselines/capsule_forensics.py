@@ -27,7 +27,7 @@ computes, its quirks included:
   ``dataset/<split>`` with ImageFolder, whose folders ``fake``/``real`` sort to 0/1.
 
 Parameters in all: 2,796,889 (the VGG-19 part counted), which is the figure the v1 paper reports as recalled
-(not re-read here); :data:`PARAMETERS` holds the parts.
+(not re-read here).
 
 Label convention: :func:`official_to_logits` is the one place that maps the official scores to emdlib's logits
 (index 1 = fake), :func:`official_labels` our labels to the official ones for the loss. The loss
@@ -68,9 +68,6 @@ NUM_CLASSES = 2  # output capsules; official index 0 = fake, 1 = real
 OUTPUT_DIM = 4
 ROUTING_ITERATIONS = 2
 ROUTING_NOISE_STD = 0.01  # CF:model.py RoutingLayer.forward(random=True)
-#: Parameters per part (counted from the modules; the test checks them): VGG-19 up to pool3, one primary capsule,
-#: the routing matrix, and the whole network.
-PARAMETERS = {"features": 2_325_568, "primary_capsule": 157_043, "routing": 192, "total": 2_796_889}
 #: What a weights file or folder is searched for (:func:`emdlib.pretrained.weights_file`).
 VGG_NAME = "vgg19"
 
