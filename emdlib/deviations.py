@@ -213,7 +213,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "baseline-recipe", "Baseline training recipes: sources, inferred values, scaled epochs",
         "§IV-C compares with each baseline as published. Their recipes are in their official code (ClassNSeg "
-        "`train.py`, MesoNet `classifiers.py`, CGvsPhoto `model.py`, FF++'s `classification/`) and in FF++'s "
+        "`train.py`, Capsule-Forensics `train.py`, MesoNet `classifiers.py`, CGvsPhoto `model.py`, FF++'s "
+        "`classification/`) and in FF++'s "
         "appendix (e.g. XceptionNet: Adam 2e-4, batch 32, 3 + 15 epochs; reference-facts §B.5, §D), whose text "
         "could not be re-read here.",
         "Each system trains with its own recipe from one table (`RECIPES`, rendered by `recipes_markdown`; every "
@@ -235,9 +236,10 @@ DEVIATIONS: tuple[Deviation, ...] = (
          "emdlib.study.experiments.train_config", "emdlib.train.make_optimizer")),
     Deviation(
         "baseline-input-size", "Baselines at the preset's face size",
-        "MesoNet and ClassNSeg take 256² faces, Bayar & Stamm and the steganalysis family a 128² centre crop "
-        "(reference-facts §D).",
-        "Where the preset's faces are smaller (64 px in `tiny`/`cpu`), MesoNet, ClassNSeg and Bayar & Stamm are "
+        "MesoNet and ClassNSeg take 256² faces, Capsule-Forensics 128² (CF:train.py), Bayar & Stamm and the "
+        "steganalysis family a 128² centre crop (reference-facts §D).",
+        "Where the preset's faces are smaller (64 px in `tiny`/`cpu`), MesoNet, ClassNSeg, Capsule-Forensics and "
+        "Bayar & Stamm are "
         "built at the face size (`baseline_kwargs`: `input_size = min(recipe's size, emd.image_size)`, the sizes "
         "read from `RECIPES`) and the 128² crop "
         "becomes the whole face resized (`centre_crop`); at the `paper` and `faces` presets' 299 px every one "
@@ -306,6 +308,20 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "The network starts out as MultiTask and learns how much FER to use; the BatchNorm tames ESR's map, whose "
         "raw scale blew up the activation-based classification in a first run.",
         None, ("emdlib.baselines.classnseg.MultiTaskEnsFER",)),
+    Deviation(
+        "capsule-forensics-vgg", "Capsule-Forensics' VGG-19 part without ImageNet weights",
+        "Capsule-Forensics v1 (Nguyen et al., ICASSP 2019; EMD Table III) feeds its capsules torchvision's ImageNet "
+        "VGG-19 up to pool3 and keeps it fixed: CF:train.py optimises only the capsule network, and CF:model.py "
+        "reads `x.detach()`.",
+        "With ImageNet weights (`emd.pretrained`: the `paper` preset, or a weights file) the same: the VGG part is "
+        "loaded and frozen (`CapsuleForensics`). Without (`tiny`, `cpu`, `faces`) it starts from torchvision's "
+        "random initialisation and trains with the capsules at the recipe's learning rate.",
+        "Fixed random VGG features would leave the network a random projection the capsules must read; the presets "
+        "without ImageNet weights train every other network from scratch too.",
+        "Preset field `emd.pretrained = true`, or the study parameter `imagenet_weights` (a file, or a folder holding "
+        "`vgg19.safetensors`).",
+        ("emdlib.baselines.capsule_forensics.CapsuleForensics",
+         "emdlib.baselines.capsule_forensics.vgg_features_state", "emdlib.study.experiments.baseline_kwargs")),
     Deviation(
         "multitask-normalisation", "MultiTask's input normalisation",
         "ClassNSeg's code normalises a 4-D batch with its `Normalize_3D`, which mixes images and channels "

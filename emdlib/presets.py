@@ -44,6 +44,10 @@ class DataConfig:
     synth_expressions_per_clip: int = 3  # key expressions each pristine synth clip morphs through
 
 
+#: Face-cache formats ``prepare`` writes (:mod:`emdlib.data.crop_codec`): raw uint8, JPEG q95, lossless PNG.
+CACHE_FORMATS: tuple[str, ...] = ("npy", "jpeg", "png")
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Frame sampling and face crops (paper §IV-A: 200 train frames, 10 val/test frames per video)."""
@@ -55,9 +59,8 @@ class PrepareConfig:
     cache_format: str = "npy"  # npy (raw uint8, decode-free) | jpeg (q95) | png (lossless): emdlib.data.crop_codec
 
     def __post_init__(self) -> None:
-        from emdlib.data.crop_codec import check_format
-
-        check_format(self.cache_format)
+        if self.cache_format not in CACHE_FORMATS:
+            raise ValueError(f"unknown cache format {self.cache_format!r}; choose one of {CACHE_FORMATS}")
 
 
 #: FER training schedules (:class:`FERConfig`, :mod:`emdlib.train_fer`).

@@ -9,6 +9,8 @@ Sources, in the order they were trusted:
 
 * EMD and its variants (kind ``emd``): the EMD paper, §IV-B (``shared/paper/emd-paper.txt``).
 * MultiTask (ClassNSeg): its official code, CNS:``train.py`` (nii-yamagishilab/ClassNSeg).
+* Capsule-Forensics (v1): its official code, CF:``train.py`` and ``model.py`` (nii-yamagishilab/Capsule-Forensics,
+  commit b1fdda0).
 * MesoNet and Rahmouni et al.: their official code, MESO:``classifiers.py`` (DariusAf/MesoNet) and
   CG:``CGvsPhoto/model.py`` (NicoRahm/CGvsPhoto), for what that code fixes.
 * XceptionNet: the FF++ official code, FF:``classification/`` (ondyari/FaceForensics), for input and transforms.
@@ -30,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from emdlib.baselines import bayar, classnseg, mesonet, steganalysis
+from emdlib.baselines import bayar, capsule_forensics, classnseg, mesonet, steganalysis
 from emdlib.presets import EMDConfig
 
 #: A value's provenance: read in the official code, read in the paper (the system's own, or EMD's for EMD), read in
@@ -142,6 +144,7 @@ class Recipe:
 # ----------------------------------------------------------------------------------------------- shared wording
 
 _EMD = "EMD paper §IV-B"
+_CF = "CF:"
 _FF_CODE = "FF:classification/"
 _FF_RECALLED = ("FF++ appendix value as recorded (recalled) in reference-facts §B.5; the appendix text could not be "
                 "re-read offline to confirm it")
@@ -300,6 +303,26 @@ RECIPES: dict[str, Recipe] = {r.kind: r for r in [
         loss=_inferred("softmax cross-entropy", "Cozzolino et al. 2017", "a 2-logit classifier on the histogram; "
                        "no official code"),
         model_selection=_inferred("best validation accuracy", "FF++ appendix", _SELECT),
+    ),
+    Recipe(
+        "capsule_forensics", "Capsule-Forensics v1 (Nguyen et al., ICASSP 2019; Table III)",
+        optimizer=Cited("adam", "official code", f"{_CF}train.py (Adam on the capsule network; VGG-19 fixed)"),
+        lr=Cited(5e-4, "official code", f"{_CF}train.py --lr"),
+        betas=Cited((0.9, 0.999), "official code", f"{_CF}train.py --beta1, betas=(beta1, 0.999)"),
+        eps=Cited(1e-8, "official code", f"{_CF}train.py (PyTorch Adam's default eps)"),
+        weight_decay=Cited(0.0, "official code", f"{_CF}train.py (no weight_decay)"),
+        batch_size=Cited(100, "official code", f"{_CF}train.py --batchSize (and the README's command)"),
+        warmup_epochs=Cited(0, "official code", f"{_CF}train.py (the capsules train from epoch 1)"),
+        epochs=Cited(100, "official code", f"{_CF}train.py --niter (and the README's command)"),
+        augmentation=Cited("none", "official code", f"{_CF}train.py transform_fwd (Resize, CenterCrop, ToTensor, "
+                           "Normalize)"),
+        input_size=Cited(capsule_forensics.INPUT_SIZE, "official code", f"{_CF}train.py --imageSize"),
+        loss=Cited("Σ over the 4 output dims of cross-entropy on the softmaxed capsule outputs", "official code",
+                   f"{_CF}model.py CapsuleLoss"),
+        model_selection=_inferred("best validation accuracy", f"{_CF}train.py (validates and saves every epoch, "
+                                  "selects none; test.py takes the epoch as --id; the released checkpoints are "
+                                  "epochs 29, 35, 54 and 95)", _SELECT),
+        sized_input=True,
     ),
     Recipe(
         "steg_features_svm", "Steg. Features + SVM (Fridrich & Kodovsky 2012, as in FF++)",

@@ -119,6 +119,8 @@ MODELS: dict[str, Entry] = {
     "dcnn": Entry("emdlib.baselines.dcnn:DCNN", {"input_size": INT, "max_dictionary": INT, "dictionary_size": INT,
                                                  "procrc_lambda": FLOAT, "procrc_gamma": FLOAT, "seed": INT},
                   pretrained=True),
+    "capsule_forensics": Entry("emdlib.baselines.capsule_forensics:CapsuleForensics", {"input_size": INT},
+                               pretrained=True),
 }
 
 

@@ -19,6 +19,7 @@ xception               XceptionNet (FF++)                          :mod:`.xcepti
 multitask              MultiTask (ClassNSeg)                       :mod:`.classnseg`
 multitask_ensfer       MultiTask+EnsFER                            :mod:`.classnseg`
 dcnn                   DCNN (Raghavendra et al., Table III)        :mod:`.dcnn` (ProCRC: :mod:`.procrc`)
+capsule_forensics      Capsule-Forensics (v1; Table III)           :mod:`.capsule_forensics`
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -40,6 +41,7 @@ _REGISTRY = {
     "multitask": ("classnseg", "MultiTask"),
     "multitask_ensfer": ("classnseg", "MultiTaskEnsFER"),
     "dcnn": ("dcnn", "DCNN"),
+    "capsule_forensics": ("capsule_forensics", "CapsuleForensics"),
 }
 
 

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-#: Cache formats ``prepare`` writes (``PrepareConfig.cache_format``).
-CACHE_FORMATS: tuple[str, ...] = ("npy", "jpeg", "png")
+from emdlib.presets import CACHE_FORMATS
+
 #: JPEG quality of the ``jpeg`` cache (issue 14: q95).
 JPEG_QUALITY = 95
 #: PNG compression level (OpenCV 0–9; 3 is libpng's usual trade-off of size against encoding time).
