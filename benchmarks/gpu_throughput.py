@@ -32,6 +32,7 @@ import argparse
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,26 +46,14 @@ from emdlib.models.emd import EMD
 from emdlib.models.esr import ESR
 from emdlib.train import TrainConfig, _amp_dtype, device_name, fit, move_batch, resolve_device, set_trainable, train_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import _items  # noqa: E402  (the same in-memory items as the CPU loop benchmark)
+
 log = logging.getLogger("gpu_throughput")
 REPO = Path(__file__).resolve().parents[1]
 #: Issue 14's targets for one H200-class GPU.
 TARGET_EMD_IMAGES_PER_S = 1500.0
 TARGET_FLOPS_RATIO = 0.9
-
-
-def _items(n: int, size: int, seed: int = 0) -> list[dict]:
-    """``n`` dataset items of random images (``size`` px, FER input 96 px) with half fakes carrying a square mask."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        mask = torch.zeros(1, size, size)
-        if i % 2:
-            mask[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
-        out.append({"image": torch.rand(3, size, size, generator=g) * 2 - 1,
-                    "fer_image": torch.rand(3, 96, 96, generator=g), "mask": mask, "label": torch.tensor(i % 2),
-                    "method": "Face2Face" if i % 2 else "original", "compression": "c23", "video": f"{i:03d}",
-                    "frame": 0})
-    return out
 
 
 def forward_flops(fn: Callable[[], object]) -> float:
