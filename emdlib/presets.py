@@ -132,6 +132,9 @@ class EMDConfig:
     # data-parallel training (emd reproduce --nproc N, torchrun) on CUDA: BatchNorm statistics over the global batch
     # (torch.nn.SyncBatchNorm) instead of each process's share; False: each GPU normalises its own share, as DDP does
     sync_bn: bool = False
+    # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA: the fastest convolution algorithms for the run's
+    # fixed input sizes, chosen among deterministic ones; runs are then no longer bit-identical across processes
+    cudnn_benchmark: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ PRESETS: dict[str, Preset] = {
         fer=FERConfig(branches=9, epochs=50, schedule="grow", first_epochs=50, branch_epochs=20, lr=0.1,
                       later_lr=0.01, val_every=2, max_per_class=5000, workers=8),
         emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, pretrained=True,
-                      cells=_ALL_CELLS),
+                      cells=_ALL_CELLS, cudnn_benchmark=True),
         note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",
     ),
 }

@@ -110,6 +110,7 @@ class TrainConfig:
     max_batches: int | None = None  # cap on training batches per epoch (smoke runs); None = the whole set
     precise_bn: bool = False  # BatchNorm population statistics before each validation (recompute_bn_statistics)
     sync_bn: bool = False  # data parallel on CUDA only: SyncBatchNorm (statistics over the global batch)
+    cudnn_benchmark: bool = False  # CUDA only: cuDNN autotuning (EMDConfig.cudnn_benchmark)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -122,9 +123,11 @@ class TrainConfig:
     @classmethod
     def from_preset(cls, cfg: EMDConfig, seed: int = 0, **overrides: Any) -> "TrainConfig":
         """From a preset's :class:`emdlib.presets.EMDConfig`: warm-up and full epochs, batch size, learning rate,
-        image size, the smoke-test batch cap and ``sync_bn``; the other fields keep their defaults (the paper's)."""
+        image size, the smoke-test batch cap, ``sync_bn`` and ``cudnn_benchmark``; the other fields keep their
+        defaults (the paper's)."""
         base = dict(warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    seed=seed, image_size=cfg.image_size, max_batches=cfg.max_batches, sync_bn=cfg.sync_bn)
+                    seed=seed, image_size=cfg.image_size, max_batches=cfg.max_batches, sync_bn=cfg.sync_bn,
+                    cudnn_benchmark=cfg.cudnn_benchmark)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -583,6 +586,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
         raise ValueError("sync_bn: torch.nn.SyncBatchNorm runs on GPUs only; train on CUDA or set sync_bn=False")
     if config.deterministic:
         set_deterministic(True)
+    if device.type == "cuda" and config.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True  # autotuned among the deterministic algorithms when deterministic
     seed_everything(config.seed)
     amp_dtype = _amp_dtype(device, config.amp)
     channels_last = config.channels_last and device.type == "cuda"

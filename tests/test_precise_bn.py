@@ -161,3 +161,13 @@ def test_sync_bn_is_a_preset_setting_every_system_reads() -> None:
     del recorded["emd"]["sync_bn"]  # a record from before the setting: read as made without SyncBatchNorm
     assert experiments._same_protocol(recorded, cpu.to_dict())
     assert not experiments._same_protocol(recorded, on.to_dict())
+
+
+def test_cudnn_autotuning_is_a_preset_setting() -> None:
+    paper, cpu = get_preset("paper"), get_preset("cpu")
+    assert paper.emd.cudnn_benchmark and not cpu.emd.cudnn_benchmark
+    assert experiments.train_config(experiments.SYSTEMS["EMD"], paper).cudnn_benchmark
+    assert experiments.train_config(experiments.SYSTEMS["MesoNet"], paper).cudnn_benchmark
+    recorded = json.loads(json.dumps(cpu.to_dict()))
+    del recorded["emd"]["cudnn_benchmark"]  # the committed cpu records predate the setting: still the same protocol
+    assert experiments._same_protocol(recorded, cpu.to_dict())
