@@ -255,11 +255,10 @@ def forward(model: DetectorNet, batch: Mapping[str, Any]) -> DetectorOutput:
 
 def compute_loss(model: DetectorNet, output: DetectorOutput, batch: Mapping[str, Any]
                  ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``model.compute_loss`` with its parts as floats and ``"loss"`` (the total) always among them."""
-    loss, parts = model.compute_loss(output, batch)
-    parts = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
-    parts.setdefault("loss", float(loss.detach()))
-    return loss, parts
+    """``model.compute_loss`` with its parts as floats and ``"loss"`` (the total) always among them: the parts of
+    :func:`loss_parts_on_device`, read back to the host."""
+    loss, parts = loss_parts_on_device(model, output, batch)
+    return loss, {k: float(v) for k, v in parts.items()}
 
 
 def loss_parts_on_device(model: DetectorNet, output: DetectorOutput, batch: Mapping[str, Any]
