@@ -9,8 +9,8 @@ nothing here trains.
 * :func:`build_table` / :func:`table_ii` … :func:`table_v`: Tables II–V, one tidy frame per table, one row per
   (paper row, cell) with ``ours`` (mean over seeds), ``n_runs``, ``paper``, ``diff``, ``status`` and the provenance
   (``runs``). ``status`` is ``"ours"``, ``"not run (preset)"`` (the preset's cells exclude it), ``"not run"`` (in
-  the preset but no record yet, e.g. Table V before notebook 04) or ``"not reproduced"`` (Table III rows listed
-  from the paper).
+  the preset but no record yet, e.g. Table V before notebook 04) or ``"not reproduced"`` (a Table III row whose
+  system :data:`emdlib.study.experiments.SYSTEMS` does not have).
 * :func:`wide`, :func:`markdown_table`, :func:`table_markdown`, :func:`write_tables`: display forms, and
   ``results/<preset>/tables/table_<N>.csv`` (tidy) and ``.md`` (ours | paper | diff per cell).
 * :func:`metrics_table` (every metric of some runs), :func:`training_size_table` (the numbers of Fig. 6, with
@@ -47,9 +47,11 @@ NOT_REPRODUCED = "not reproduced"
 #: Table II rows in the paper's order (names as :data:`emdlib.study.experiments.SYSTEMS` and :mod:`emdlib.paper`).
 TABLE_II_ROWS = ("Steg.Features+SVM", "Cozzolino et al.", "Bayar and Stamm", "Rahmouni et al.", "MesoNet",
                  "MultiTask", "XceptionNet", "MultiTask+EnsFER", "EMD")
-#: Table III rows: the paper-only systems first (not reproduced), then ours.
-TABLE_III_PAPER_ONLY = ("LAE", "DCNN", "FT-res", "Two-stream", "Capsule-Forensics", "Face X-ray")
-TABLE_III_ROWS = TABLE_III_PAPER_ONLY + ("MultiTask+EnsFER", "EMD")
+#: Table III's six further systems (§IV-D1), trained by notebook 03 on the Face2Face cells only, in the paper's order.
+TABLE_III_SYSTEMS = ("LAE", "DCNN", "FT-res", "Two-stream", "Capsule-Forensics", "Face X-ray")
+TABLE_III_ROWS = TABLE_III_SYSTEMS + ("MultiTask+EnsFER", "EMD")
+#: Table III's only method (the paper compares the further systems on Face2Face, HQ and LQ).
+TABLE_III_METHOD = "Face2Face"
 #: Table IV rows: (our row name, the paper's row name). "XceptionNet (seg)" is EMD without the FER stream.
 TABLE_IV_ROWS = (("MultiTask", "MultiTask"), ("XceptionNet (seg)", "XceptionNet"),
                  ("MultiTask+EnsFER", "MultiTask+EnsFER"), ("EMD", "EMD"))
@@ -170,9 +172,12 @@ def table_ii(runs: pd.DataFrame, preset: Preset) -> pd.DataFrame:
 
 
 def table_iii(runs: pd.DataFrame, preset: Preset) -> pd.DataFrame:
-    """Table III: Face2Face accuracy (%); ours for MultiTask+EnsFER and EMD, the paper-only rows "not reproduced"."""
+    """Table III: Face2Face accuracy (%) of the six further systems, MultiTask+EnsFER and EMD, HQ and LQ (§IV-D1);
+    a row whose system the study does not have is "not reproduced"."""
+    from emdlib.study.experiments import SYSTEMS  # the study's systems (torch); the other tables need none
+
     cells, runs = set(preset.emd.cells), main_runs(runs)
-    return _frame([_row("III", r, r, None if r in TABLE_III_PAPER_ONLY else r, paper.QUALITY[c], "Face2Face", c,
+    return _frame([_row("III", r, r, r if r in SYSTEMS else None, paper.QUALITY[c], TABLE_III_METHOD, c,
                         "accuracy", paper.TABLE_III[r][c], runs, cells)
                    for r in TABLE_III_ROWS for c in paper.QUALITY])
 

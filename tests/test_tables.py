@@ -59,13 +59,23 @@ def test_missing_cells_and_seed_mean(study, fake_run):
     assert w.loc["EMD", "F2F HQ diff"] == f"{70.0 - 99.03:+.2f}"
 
 
-def test_tables_iii_iv_v(study, fake_run):
+def test_tables_iii_iv_v(study, fake_run, monkeypatch):
     fake_run("XceptionNet (seg)", "Face2Face", "c23", 0.7, pixel_accuracy=0.9)
     fake_run("EMD", "Face2Face", "c23", 0.75, pixel_accuracy=0.95)
+    fake_run("Capsule-Forensics", "Face2Face", "c23", 0.625)
     t3 = tables.build_table("III", study, study.preset)
-    assert cell(t3, "Face X-ray", "HQ")["status"] == "not reproduced"
+    assert list(dict.fromkeys(t3["row"])) == list(tables.TABLE_III_ROWS) and len(t3) == 8 * 2
+    capsule = cell(t3, "Capsule-Forensics", "HQ")  # a further system: read from its run record, as EMD's
+    assert capsule["status"] == "ours" and capsule["ours"] == pytest.approx(62.5)
+    assert capsule["diff"] == pytest.approx(62.5 - paper.TABLE_III["Capsule-Forensics"]["c23"])
+    assert cell(t3, "DCNN", "HQ")["status"] == "not run"  # built, in the preset, no record yet
+    assert cell(t3, "DCNN", "LQ")["status"] == "not run (preset)"  # the tiny preset has only F2F c23
     assert cell(t3, "Face X-ray", "HQ")["paper"] == 97.73 and math.isnan(cell(t3, "Face X-ray", "LQ")["paper"])
     assert cell(t3, "EMD", "HQ")["ours"] == pytest.approx(75.0)
+    from emdlib.study import experiments  # a row whose system the study lacks is "not reproduced", not "not run"
+    monkeypatch.delitem(experiments.SYSTEMS, "Capsule-Forensics")
+    gone = cell(tables.build_table("III", study, study.preset), "Capsule-Forensics", "HQ")
+    assert gone["status"] == "not reproduced" and math.isnan(gone["ours"])
     assert tables.wide(t3).loc["LAE", "LQ paper"] == "–"
     t4 = tables.build_table("IV", study, study.preset)
     xs = cell(t4, "XceptionNet (seg)", "F2F HQ")  # our row, the paper's "XceptionNet" number
