@@ -194,6 +194,28 @@ def test_fit_calls_the_hook_and_the_state_keeps_the_choice(tmp_path) -> None:
     # the one round runs before epoch 2: round(0.25 · 16) = 4 of the 8 fakes
     assert second["train_mask_fraction"] == pytest.approx(4 / 16)
     assert second["train_loss_locality"] > 0
+    # a run stopped after epoch 1 and resumed makes the same choice and ends where the uninterrupted one ends
+    class Stop(Exception):
+        pass
+
+    def stop(record: dict) -> None:
+        raise Stop
+
+    torch.manual_seed(0)
+    resumed = LAE(input_size=16, mask_fraction=0.25, selection_rounds=1)
+    stopping = TrainConfig(warmup_epochs=0, epochs=2, batch_size=8, device="cpu", image_size=16)
+    with pytest.raises(Stop):
+        fit(resumed, items, items[:4], tmp_path / "resumed", stopping, on_epoch_end=stop)
+    torch.manual_seed(1)
+    again = LAE(input_size=16, mask_fraction=0.25, selection_rounds=1)
+    fit(again, items, items[:4], tmp_path / "resumed", cfg)
+    from emdlib.checkpoint import load_checkpoint
+
+    ours, theirs = (load_checkpoint(d / "last.safetensors")[0] for d in (tmp_path / "run", tmp_path / "resumed"))
+    assert int(ours["model/num_labelled"]) == 4
+    for key in ours:
+        if key.startswith("model/"):
+            assert torch.equal(ours[key], theirs[key]), key
     # the choice lives in the state: the best checkpoint rebuilds through the registry with it
     from emdlib.registry import model_from_checkpoint, model_spec, save_detector
 
