@@ -43,7 +43,7 @@ AUGMENTATIONS: tuple[str, ...] = ("hflip", "none")
 #: The recipe fields, in table order; a field is None where it does not apply (e.g. momentum for Adam).
 FIELDS: tuple[str, ...] = ("optimizer", "lr", "betas", "eps", "momentum", "weight_decay", "svm_c", "batch_size",
                            "warmup_epochs", "epochs", "augmentation", "input_size", "loss", "model_selection",
-                           "classifier")
+                           "classifier", "active_learning")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,10 @@ class Recipe:
     epochs; ``augmentation`` one of :data:`AUGMENTATIONS`; ``input_size`` the side (px) the network is built for
     (None: the preset's face size); ``loss`` and ``model_selection`` as text; ``classifier``: the settings of a
     classifier fitted on the trained network's features (DCNN's ProCRC: a mapping of constructor arguments,
-    :func:`emdlib.study.experiments.baseline_kwargs` passes them), None for the others. ``sized_input``: the network
+    :func:`emdlib.study.experiments.baseline_kwargs` passes them), None for the others. ``active_learning``: the
+    settings of a system that chooses during training which samples' masks it uses (LAE: ``mask_fraction``,
+    ``selection_rounds``, a mapping of constructor arguments passed the same way), None for the others.
+    ``sized_input``: the network
     is built for a fixed input size (constructor ``input_size``), which the study caps at the preset's face size.
     """
 
@@ -100,6 +103,7 @@ class Recipe:
     warmup_epochs: Cited | None = None
     epochs: Cited | None = None
     classifier: Cited | None = None
+    active_learning: Cited | None = None
     sized_input: bool = False
 
     def __post_init__(self) -> None:
@@ -374,6 +378,38 @@ RECIPES["dcnn"] = Recipe(
                          "scripts, γ = 1e-2 as public ProCRC uses (e.g. an MSR-Action3D script), not tuned here; "
                          "the dictionary is "
                          f"capped at {dcnn.MAX_DICTIONARY:,} images per class (deviation `dcnn-dictionary`)"),
+    sized_input=True,
+)
+
+
+from emdlib.baselines import lae  # noqa: E402 (beside its entry, so parallel additions do not collide)
+
+_LAE = "LAE: Du et al., CIKM 2020 (arXiv:1909.05999)"
+_LAE_UNREAD = ("only LAE's abstract could be read here (no official code is public): an autoencoder, pixel-wise masks "
+               "on the forgery region, active learning over fewer than 3% of the training data")
+_FT = "ForensicTransfer (Cozzolino et al., arXiv:1812.02510), the autoencoder LAE extends"
+RECIPES["lae"] = Recipe(
+    "lae", "LAE, the locality-aware autoencoder (Du et al., CIKM 2020; EMD Table III)",
+    optimizer=_inferred("adam", f"{_LAE}; {_FT}", _LAE_UNREAD + "; ForensicTransfer trains its autoencoder with Adam"),
+    lr=_inferred(1e-3, f"{_LAE}; {_FT}", _LAE_UNREAD + "; Adam's default rate, as EMD (§IV-B)"),
+    **_adam_defaults("inferred", _LAE, _LAE_UNREAD + "; PyTorch's Adam defaults"),
+    weight_decay=_inferred(0.0, _LAE, _NO_WD),
+    batch_size=_inferred(64, f"{_LAE}; {_FT}", _LAE_UNREAD + "; ForensicTransfer's batch as recalled (not re-read)"),
+    warmup_epochs=_inferred(0, _LAE, "an autoencoder trained from scratch has no frozen phase"),
+    epochs=_inferred(20, _LAE, _LAE_UNREAD + "; it gets EMD's 20 full epochs (§IV-B), the budget of the method it is "
+                     "compared with"),
+    augmentation=_inferred("none", _LAE, _LAE_UNREAD + "; no augmentation is known to be used"),
+    input_size=_inferred(lae.INPUT_SIZE, _FT, "ForensicTransfer's 256×256 input; LAE's could not be read"),
+    loss=_inferred("L_rec (L1, from the label's latent half) + L_act (ForensicTransfer) + L_loc (Grad-CAM of the fake "
+                   "activation outside the mask, on the selected fakes); weights 1, 1, 1", f"{_LAE} abstract; {_FT}",
+                   "the abstract names a reconstruction autoencoder regularised by masks on its local interpretation; "
+                   "the forms and weights are ours (deviation `lae-unread`)"),
+    model_selection=_inferred("best validation accuracy", _LAE, _SELECT),
+    active_learning=_inferred({"mask_fraction": lae.MASK_FRACTION, "selection_rounds": lae.SELECTION_ROUNDS},
+                              f"{_LAE} abstract (\"human masks for less than 3% of the training data\")",
+                              "2% of the training images, under the abstract's 3%; the most uncertain fakes (binary "
+                              "entropy of P(fake)) in 3 rounds spread evenly over training, as the usual pool-based "
+                              "active learning; the paper's own criterion and rounds could not be read"),
     sized_input=True,
 )
 

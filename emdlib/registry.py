@@ -121,6 +121,8 @@ MODELS: dict[str, Entry] = {
                   pretrained=True),
     "capsule_forensics": Entry("emdlib.baselines.capsule_forensics:CapsuleForensics", {"input_size": INT},
                                pretrained=True),
+    "lae": Entry("emdlib.baselines.lae:LAE", {"input_size": INT, "mask_fraction": FLOAT, "selection_rounds": INT,
+                                           "activation_weight": FLOAT, "locality_weight": FLOAT, "max_masks": INT}),
 }
 
 

@@ -10,6 +10,7 @@ One loop for EMD, its variants and every trainable baseline, through the detecto
 * warm-up (§IV-B "we fix all weights up to the last convolutional layer and pre-train the network for 3 epochs"):
   only ``model.warmup_parameters()`` train; then the whole network (``model.trainable_parameters()``, e.g. EMD
   excludes its frozen FER stream) for the remaining epochs; ``model.after_step()`` after every optimiser step;
+  ``model.select_samples(epoch, total, batches)`` before every epoch for a network that overrides it (LAE);
 * Adam (lr 1e-3, β 0.9/0.999, ε 1e-8), batch 16 (a baseline's own optimiser and batch from its recipe,
   :mod:`emdlib.recipes`, via :func:`make_optimizer`); the best model by validation accuracy (ties: lower validation
   loss, :func:`is_better`) is kept (``best.safetensors``) and loaded back into the model at the end.
@@ -651,6 +652,11 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
             # one class (checked for all SYSTEMS), so DDP need not search the graph for unused ones each step
             net, net_phase = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None, find_unused_parameters=False), warmup
+        if model.selects_samples():  # LAE's active learning: a pass over the training split (before the seeding,
+            # so the epoch's RNG draws stay those of (seed, epoch)); every rank makes it alike on the same weights
+            model.select_samples(epoch, config.total_epochs,
+                                 make_loader(train_data, batch_size, False, config.seed, config.num_workers,
+                                             device.type == "cuda"))
         seed_everything(_epoch_seed(config.seed, epoch) + rank)  # rank 0: the single-process seeds
         if sampler is not None:
             sampler.set_epoch(epoch)

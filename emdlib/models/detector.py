@@ -19,6 +19,9 @@ without asking what a model happens to define.
 * ``after_step()``: called after every optimiser step (Bayar & Stamm's constraint projection); by default nothing;
 * ``fit_classifier(batches) -> bool``: called once after training with the unaugmented training split, for a system
   whose final classifier is fitted on the trained network's features (DCNN's ProCRC); by default nothing (False).
+* ``select_samples(epoch, total_epochs, batches)``: called at the start of every epoch with a pass over the training
+  split, for a system that chooses from its own predictions which training samples get extra supervision (LAE's
+  active learning); only when a class overrides it (``selects_samples()``), so the loop builds no pass otherwise.
 
 The Steg.Features + SVM baseline is a scikit-learn Pipeline, not a torch detector.
 """
@@ -118,6 +121,16 @@ class DetectorNet(nn.Module):
         :meth:`spec`), False when the system has no such classifier (the default: nothing is done).
         """
         return False
+
+    def select_samples(self, epoch: int, total_epochs: int, batches: Iterable[Mapping[str, Any]]) -> None:
+        """Choose training samples from the network's predictions before epoch ``epoch`` (0-based) of
+        ``total_epochs`` (LAE's active learning, :meth:`emdlib.baselines.lae.LAE.select_samples`). ``batches``: the
+        training split in a fixed order, mappings as the training loop's. What is chosen must live in the module's
+        state (buffers), so checkpoints and a resumed run keep it. Nothing by default."""
+
+    def selects_samples(self) -> bool:
+        """Whether the class overrides :meth:`select_samples` (only then does the training loop make the pass)."""
+        return type(self).select_samples is not DetectorNet.select_samples
 
     def spec(self) -> dict[str, Any] | None:
         """The registry entry (``{"name", "kwargs"}``, :mod:`emdlib.registry`) that rebuilds this network, when the

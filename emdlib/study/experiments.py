@@ -69,6 +69,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("Steg.Features+SVM", "steg_features_svm"),
     System("DCNN", "dcnn"),
     System("Capsule-Forensics", "capsule_forensics"),
+    System("LAE", "lae"),
 ]}
 
 #: The expression-manipulation methods of Table V and Figs. 4–7.
@@ -92,7 +93,8 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     crop) — take their recipe's size (:data:`emdlib.recipes.RECIPES`), or the preset's face size when that is smaller
     (``input_size``): upsampling a 64-px face adds no information, only compute (16× at 256 px). MesoNet takes the
     preset's ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`). A recipe's
-    ``classifier`` settings are constructor arguments (DCNN's ProCRC).
+    ``classifier`` settings are constructor arguments (DCNN's ProCRC), and so are its ``active_learning`` ones
+    (LAE's mask fraction and rounds).
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
@@ -101,6 +103,8 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
                               if recipe.sized_input else {})
     if recipe.classifier is not None:  # DCNN's ProCRC settings
         kwargs.update(recipe.classifier.value)
+    if recipe.active_learning is not None:  # LAE's mask fraction and selection rounds
+        kwargs.update(recipe.active_learning.value)
     if system.kind in ("dcnn", "capsule_forensics"):  # ImageNet starts as the preset says (torchvision's weights)
         kwargs["pretrained"] = preset.emd.pretrained
     if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
