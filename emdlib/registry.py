@@ -121,6 +121,8 @@ MODELS: dict[str, Entry] = {
                   pretrained=True),
     "capsule_forensics": Entry("emdlib.baselines.capsule_forensics:CapsuleForensics", {"input_size": INT},
                                pretrained=True),
+    "face_xray": Entry("emdlib.baselines.face_xray:FaceXray", {"backbone": STR, "input_size": INT, "lam": FLOAT},
+                       pretrained=True),
 }
 
 

@@ -18,7 +18,10 @@ without asking what a model happens to define.
   leaves out its frozen FER stream, Algorithm 1);
 * ``after_step()``: called after every optimiser step (Bayar & Stamm's constraint projection); by default nothing;
 * ``fit_classifier(batches) -> bool``: called once after training with the unaugmented training split, for a system
-  whose final classifier is fitted on the trained network's features (DCNN's ProCRC); by default nothing (False).
+  whose final classifier is fitted on the trained network's features (DCNN's ProCRC); by default nothing (False);
+* ``training_data(dataset, seed) -> Dataset``: the set the study trains the network on, made from the cell's
+  training split, for a system whose paper trains on data of its own making (Face X-ray's blended real faces); by
+  default the split itself.
 
 The Steg.Features + SVM baseline is a scikit-learn Pipeline, not a torch detector.
 """
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 
 @dataclass
@@ -118,6 +122,14 @@ class DetectorNet(nn.Module):
         :meth:`spec`), False when the system has no such classifier (the default: nothing is done).
         """
         return False
+
+    def training_data(self, dataset: Dataset, seed: int) -> Dataset:
+        """The dataset :func:`emdlib.study.experiments.run_cell` trains this network on, given the cell's training
+        split ``dataset`` (items as :class:`emdlib.data.datasets.ManipulationDataset`'s) and the run's ``seed``; it
+        must serve items with the same keys. By default ``dataset`` itself (every system but Face X-ray, which
+        trains on blended real faces, :meth:`emdlib.baselines.face_xray.FaceXray.training_data`). Validation and
+        test data are never changed."""
+        return dataset
 
     def spec(self) -> dict[str, Any] | None:
         """The registry entry (``{"name", "kwargs"}``, :mod:`emdlib.registry`) that rebuilds this network, when the
