@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -175,6 +176,19 @@ def test_output_contract_at_the_shared_input_size():
     torch.testing.assert_close(out.extras["xray"], torch.sigmoid(out.mask_logits))
     with pytest.raises(ValueError, match="at least 32 px"):
         FaceXray(SMALL_BACKBONE, input_size=16)
+    model.train()
+    batch = make_batch(2, SIZE)
+    model.compute_loss(model(batch["image"]), batch)[0].backward()  # data parallel needs no unused parameters
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_landmarks_of_small_and_large_crops():
+    image, truth = synth_face(3)
+    found = blending.detect_landmarks(image)  # 64 px: one up-sampling
+    assert found.shape == (68, 2) and np.abs(found - truth).mean() < 3
+    big = cv2.resize(image, (192, 192), interpolation=cv2.INTER_LINEAR)  # ≥ NO_UPSAMPLE_CROP: none
+    assert np.abs(blending.detect_landmarks(big) - truth * 3).mean() < 9
+    assert blending.detect_landmarks(np.full((SIZE, SIZE, 3), 128, np.uint8)) is None
 
 
 def test_parameter_counts():

@@ -66,6 +66,8 @@ DEFORM_SCALE = (0.01, 0.05)
 #: The feathering blur's sigma as a share of the mask box's side, drawn uniformly per image (ours; the paper: a
 #: Gaussian blur of random kernel size).
 BLUR_SCALE = (0.02, 0.08)
+#: Crops from this side up are searched for their face without up-sampling (:func:`detect_landmarks`).
+NO_UPSAMPLE_CROP = 160
 #: Label of a blended item in the ``method`` column (a real face keeps ``"original"``).
 BLENDED = "blended"
 
@@ -200,12 +202,17 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def detect_landmarks(image: np.ndarray) -> np.ndarray | None:
-    """dlib's 68 landmarks ``(68, 2)`` float32 of the largest face dlib finds in an RGB uint8 face crop, or None
-    when it finds none (:func:`emdlib.data.faces.face_box_and_landmarks`)."""
-    from emdlib.data.faces import face_box_and_landmarks
+    """dlib's 68 landmarks ``(68, 2)`` float32 of the largest face dlib's frontal detector finds in an RGB uint8
+    face crop, or None when it finds none (:func:`emdlib.data.faces.detect_faces`, :func:`emdlib.data.faces.landmarks`).
 
-    found = face_box_and_landmarks(image)
-    return None if found is None else found[1]
+    A crop of at least :data:`NO_UPSAMPLE_CROP` px is searched without up-sampling (its face, about 1/1.3 of the
+    crop, is well above dlib's 80-px window; 4× fewer pixels: 0.03 s instead of 0.11 s at 299 px, measured), a
+    smaller one with training's one up-sampling (64-px crops: faces of about 49 px)."""
+    from emdlib.data import faces
+
+    upsample = 0 if min(image.shape[:2]) >= NO_UPSAMPLE_CROP else faces.UPSAMPLE
+    found = faces.detect_faces(image, upsample)
+    return faces.landmarks(image, found[0]) if found else None
 
 
 class BlendedFaces(Dataset):
