@@ -148,6 +148,9 @@ def test_blended_faces_depend_only_on_seed_and_index(blended):
     assert not np.array_equal(other.blended, data.blended) or not torch.equal(other[i]["mask"], data[i]["mask"])
     loaded = next(iter(DataLoader(data, batch_size=len(data), num_workers=1)))  # items pickled to a worker
     assert torch.equal(loaded["image"], torch.stack([data[k]["image"] for k in range(len(data))]))
+    in_workers = BlendedFaces(real, seed=0, workers=2)  # the landmark pass in DataLoader workers
+    np.testing.assert_array_equal(in_workers.landmarks, data.landmarks)
+    assert in_workers.skipped == data.skipped and np.array_equal(in_workers.index, data.index)
 
 
 def test_blended_faces_refuse_flipped_or_single_video_sets(monkeypatch):

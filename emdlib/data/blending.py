@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from emdlib.data.forge import colour_match_lab
@@ -215,13 +215,32 @@ def detect_landmarks(image: np.ndarray) -> np.ndarray | None:
     return faces.landmarks(image, found[0]) if found else None
 
 
+class _LandmarkPass(Dataset):
+    """The real faces of ``real`` at ``indices``, each as ``{"index", "real", "video", "frame", "landmarks"}``
+    (:func:`detect_landmarks`; None without a face, or for a fake): the landmark pass of :class:`BlendedFaces`, in
+    DataLoader workers when it has any."""
+
+    def __init__(self, real: Dataset, indices: np.ndarray):
+        self.real, self.indices = real, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        i = int(self.indices[j])
+        item = self.real[i]
+        real = int(item["label"]) == 0
+        return {"index": i, "real": real, "video": str(item.get("video", i)), "frame": int(item.get("frame", -1)),
+                "landmarks": detect_landmarks(to_uint8(item["image"])) if real else None}
+
+
 class BlendedFaces(Dataset):
     """Face X-ray's training set made from the real faces of ``real`` (module docstring).
 
     ``real``: a dataset of :class:`~emdlib.data.datasets.ManipulationDataset` items, not flipped (``augment`` off:
     the landmarks are computed once); its fakes (``label`` 1) are left out. Every real face is read once and its
     dlib landmarks kept in memory (:func:`detect_landmarks`); a face where dlib finds none is recorded
-    (:attr:`skipped`, logged) and left out. Of the remaining ``n`` faces, ``round(n · fraction)`` (a permutation
+    (:attr:`skipped`, logged) and left out; ``workers`` DataLoader processes share that pass (0: this process). Of the remaining ``n`` faces, ``round(n · fraction)`` (a permutation
     seeded by ``seed``) are served as blended fakes with that face as background and a foreground drawn among its
     ``k`` nearest faces of other videos (:func:`nearest_faces`); the others as they are (label 0, X-ray 0).
 
@@ -233,7 +252,8 @@ class BlendedFaces(Dataset):
     a ``fraction`` outside [0, 1].
     """
 
-    def __init__(self, real: Dataset, seed: int = 0, k: int = NEAREST_K, fraction: float = 0.5) -> None:
+    def __init__(self, real: Dataset, seed: int = 0, k: int = NEAREST_K, fraction: float = 0.5,
+                 workers: int = 0) -> None:
         if getattr(real, "augment", False):
             raise ValueError("BlendedFaces: the real faces must not be flipped at random (augment=False): their "
                              "landmarks are computed once")
@@ -243,18 +263,17 @@ class BlendedFaces(Dataset):
         labels = getattr(real, "labels", None)
         candidates = (np.flatnonzero(np.asarray(labels) == 0) if labels is not None else np.arange(len(real)))
         index, lms, videos, skipped = [], [], [], []
-        for i in tqdm(candidates, desc="Face X-ray: landmarks of the real faces", leave=False, disable=None):
-            item = real[int(i)]
-            if int(item["label"]) != 0:
+        faces = DataLoader(_LandmarkPass(real, candidates), batch_size=None, num_workers=workers)
+        for face in tqdm(faces, total=len(candidates), desc="Face X-ray: landmarks of the real faces", leave=False,
+                         disable=None):
+            if not face["real"]:
                 continue
-            found = detect_landmarks(to_uint8(item["image"]))
-            if found is None:
-                skipped.append({"index": int(i), "video": str(item.get("video", "")),
-                                "frame": int(item.get("frame", -1))})
+            if face["landmarks"] is None:
+                skipped.append({k: face[k] for k in ("index", "video", "frame")})
                 continue
-            index.append(int(i))
-            lms.append(found)
-            videos.append(str(item.get("video", i)))
+            index.append(face["index"])
+            lms.append(np.asarray(face["landmarks"], np.float32))
+            videos.append(face["video"])
         #: Real faces left out because dlib found no face in them: ``{"index", "video", "frame"}`` each.
         self.skipped: list[dict[str, Any]] = skipped
         if skipped:
