@@ -403,6 +403,46 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "The annotation budget is what the method is about; using every mask would be another system.",
         "`mask_fraction=1` uses every fake's mask.",
         ("emdlib.baselines.lae.LAE.chosen", "emdlib.train.fit")),
+    # ------------------------------------------------------------------------------ Face X-ray (EMD Table III)
+    Deviation(
+        "face-xray-backbone", "Face X-ray: a smaller HRNet on the CPU presets",
+        "Li et al. (CVPR 2020) build Face X-ray on HRNet-W48 (HRNetV2: the four branches upsampled and "
+        "concatenated) at 256² faces.",
+        "timm's `hrnet_w48` (65.3 M parameters in its four branches; 720 channels concatenated) where the preset's "
+        "faces are at least 256 px (`faces`, `paper`); `hrnet_w18_small` (1.5 M; 240 channels) below (`tiny`, "
+        "`cpu`: 64-px faces), chosen by `backbone_for` and recorded as the constructor's `backbone`.",
+        "HRNet-W48 at 64 px on one CPU thread would take most of the cpu study's budget for one row; the small "
+        "HRNet keeps the architecture (four parallel resolutions, the same head) at a CPU's cost.",
+        "A preset with faces of at least 256 px, or `FaceXray(backbone=\"hrnet_w48\")` in code.",
+        ("emdlib.baselines.face_xray.backbone_for", "emdlib.baselines.face_xray.FaceXray(backbone)",
+         "emdlib.study.experiments.baseline_kwargs")),
+    Deviation(
+        "face-xray-blending", "Face X-ray: the blended-image generator's open values",
+        "§3.2/§4: a real face is blended with one of its landmark-nearest real faces through a convex-hull mask of "
+        "landmarks, randomly deformed, Gaussian-blurred and colour-corrected, the set generated online; the hull "
+        "kinds, the deformation's and blur's ranges, the number of neighbours and the colour transfer are not "
+        "given in numbers.",
+        "Four hull kinds (face, extended to the forehead, inner face without the jaw, eye/nose/mouth components; "
+        "`HULL_KINDS`), a piecewise-affine deformation of a 4 × 4 grid over the mask's box (offsets' std 1–5 % of "
+        "its side), a Gaussian blur of sigma 2–8 % of its side, a foreground among the 100 nearest faces of other "
+        "videos, Reinhard colour transfer in LAB (the forge's `colour_match_lab`). Landmarks are dlib's on the "
+        "cached crops, computed once per run; a face without any is logged and left out. Half of the real "
+        "training faces (a seeded choice) are served blended, each from its own seed and index: the same blend "
+        "every epoch (`BlendedFaces`), not a new one each iteration.",
+        "Values in the range of the public re-implementations, scaled to the crop; one blend per face and seed "
+        "makes a run reproducible with any number of DataLoader workers.",
+        None, ("emdlib.data.blending.HULL_KINDS", "emdlib.data.blending.deform_mask",
+               "emdlib.data.blending.feather_mask", "emdlib.data.blending.BlendedFaces",
+               "emdlib.baselines.face_xray.FaceXray.training_data")),
+    Deviation(
+        "face-xray-validation-mask", "Face X-ray: validated and tested on the cell's manipulation masks",
+        "Face X-ray is trained on blended real faces only; its X-ray is a boundary, not the manipulated region.",
+        "Validation and test read the cell's real and Face2Face faces like every system, whose `mask` is the "
+        "binary manipulation mask: the X-ray term of the validation loss (only a tie-break of validation accuracy "
+        "in model selection) and the pixel-level metrics compare the predicted X-ray with that mask. Table III "
+        "reads the image-level accuracy only.",
+        "One data path for every system; the cell has no X-ray targets of its fakes.",
+        None, ("emdlib.baselines.face_xray.xray_loss", "emdlib.models.detector.DetectorNet.training_data")),
 )
 
 

@@ -489,3 +489,29 @@ def recipes_markdown() -> str:
             lines.append(f"  * {name} = {_fmt(c.value)} — {c.status}; {c.source}.{why}")
     return "\n".join(lines)
 
+
+
+from emdlib.baselines import face_xray  # noqa: E402 (beside its entry, so parallel additions do not collide)
+
+_XRAY = "FXR: Li et al., CVPR 2020, §4"
+_XRAY_RECALLED = ("the Face X-ray paper's implementation details as recalled (Adam, lr 2e-4, batch 32, 200k "
+                  "iterations, 256² faces, λ = 100); its text could not be re-read here and no official code was "
+                  "released")
+RECIPES["face_xray"] = Recipe(
+    "face_xray", "Face X-ray (Li et al., CVPR 2020; EMD Table III)",
+    optimizer=_inferred("adam", _XRAY, _XRAY_RECALLED),
+    lr=_inferred(2e-4, _XRAY, _XRAY_RECALLED),
+    **_adam_defaults("inferred", _XRAY, _XRAY_RECALLED + "; Adam's default moments"),
+    weight_decay=_inferred(0.0, _XRAY, _NO_WD),
+    batch_size=_inferred(32, _XRAY, _XRAY_RECALLED),
+    warmup_epochs=_inferred(0, _XRAY, "the whole network trains from the first iteration; no frozen phase is "
+                            "described"),
+    epochs=_inferred(20, _XRAY, "the paper trains for 200k iterations, a count of its own data's size; " + _EPOCHS),
+    augmentation=_inferred("none", _XRAY, "no augmentation is described beyond the blending itself; flips would "
+                           "also move the faces away from the landmarks computed once per training set"),
+    input_size=_inferred(face_xray.INPUT_SIZE, _XRAY, _XRAY_RECALLED),
+    loss=_inferred(f"L_cls + {face_xray.LAMBDA:g} · BCE(X-ray), the X-ray target 4M(1 − M) of blended real faces",
+                   f"{_XRAY}; §3.3 (Eq. 2: B = 4M(1 − M))", _XRAY_RECALLED),
+    model_selection=_inferred("best validation accuracy", _XRAY, _SELECT),
+    sized_input=True,
+)

@@ -123,6 +123,8 @@ MODELS: dict[str, Entry] = {
                                pretrained=True),
     "lae": Entry("emdlib.baselines.lae:LAE", {"input_size": INT, "mask_fraction": FLOAT, "selection_rounds": INT,
                                            "activation_weight": FLOAT, "locality_weight": FLOAT, "max_masks": INT}),
+    "face_xray": Entry("emdlib.baselines.face_xray:FaceXray", {"backbone": STR, "input_size": INT, "lam": FLOAT},
+                       pretrained=True),
 }
 
 

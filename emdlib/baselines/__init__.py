@@ -21,6 +21,7 @@ multitask_ensfer       MultiTask+EnsFER                            :mod:`.classn
 dcnn                   DCNN (Raghavendra et al., Table III)        :mod:`.dcnn` (ProCRC: :mod:`.procrc`)
 capsule_forensics      Capsule-Forensics (v1; Table III)           :mod:`.capsule_forensics`
 lae                    LAE (Du et al., CIKM 2020; Table III)       :mod:`.lae`
+face_xray              Face X-ray (Table III)                      :mod:`.face_xray` (blended faces: :mod:`emdlib.data.blending`)
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -44,6 +45,7 @@ _REGISTRY = {
     "dcnn": ("dcnn", "DCNN"),
     "capsule_forensics": ("capsule_forensics", "CapsuleForensics"),
     "lae": ("lae", "LAE"),
+    "face_xray": ("face_xray", "FaceXray"),
 }
 
 

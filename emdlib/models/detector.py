@@ -21,7 +21,10 @@ without asking what a model happens to define.
   whose final classifier is fitted on the trained network's features (DCNN's ProCRC); by default nothing (False).
 * ``select_samples(epoch, total_epochs, batches)``: called at the start of every epoch with a pass over the training
   split, for a system that chooses from its own predictions which training samples get extra supervision (LAE's
-  active learning); only when a class overrides it (``selects_samples()``), so the loop builds no pass otherwise.
+  active learning); only when a class overrides it (``selects_samples()``), so the loop builds no pass otherwise;
+* ``training_data(dataset, seed) -> Dataset``: the set the study trains the network on, made from the cell's
+  training split, for a system whose paper trains on data of its own making (Face X-ray's blended real faces); by
+  default the split itself.
 
 The Steg.Features + SVM baseline is a scikit-learn Pipeline, not a torch detector.
 """
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 
 @dataclass
@@ -131,6 +135,14 @@ class DetectorNet(nn.Module):
     def selects_samples(self) -> bool:
         """Whether the class overrides :meth:`select_samples` (only then does the training loop make the pass)."""
         return type(self).select_samples is not DetectorNet.select_samples
+
+    def training_data(self, dataset: Dataset, seed: int) -> Dataset:
+        """The dataset :func:`emdlib.study.experiments.run_cell` trains this network on, given the cell's training
+        split ``dataset`` (items as :class:`emdlib.data.datasets.ManipulationDataset`'s) and the run's ``seed``; it
+        must serve items with the same keys. By default ``dataset`` itself (every system but Face X-ray, which
+        trains on blended real faces, :meth:`emdlib.baselines.face_xray.FaceXray.training_data`). Validation and
+        test data are never changed."""
+        return dataset
 
     def spec(self) -> dict[str, Any] | None:
         """The registry entry (``{"name", "kwargs"}``, :mod:`emdlib.registry`) that rebuilds this network, when the

@@ -70,6 +70,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("DCNN", "dcnn"),
     System("Capsule-Forensics", "capsule_forensics"),
     System("LAE", "lae"),
+    System("Face X-ray", "face_xray"),
 ]}
 
 #: The expression-manipulation methods of Table V and Figs. 4–7.
@@ -87,8 +88,9 @@ def run_name(system: str, method: str, compression: str, seed: int = 0, n_train_
 def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
 
-    ``xception``, ``capsule_forensics`` (its VGG-19 part) and ``dcnn`` (AlexNet and VGG-19 from torchvision's
-    ImageNet weights): ``pretrained`` as the preset. The baselines built for a fixed input size
+    ``xception``, ``capsule_forensics`` (its VGG-19 part), ``dcnn`` (AlexNet and VGG-19 from torchvision's
+    ImageNet weights) and ``face_xray`` (its timm HRNet, chosen by :func:`emdlib.baselines.face_xray.backbone_for`
+    from the preset's face size): ``pretrained`` as the preset. The baselines built for a fixed input size
     (``Recipe.sized_input``) — MesoNet and ClassNSeg (256 px), Capsule-Forensics (128 px), Bayar & Stamm (a 128-px
     crop) — take their recipe's size (:data:`emdlib.recipes.RECIPES`), or the preset's face size when that is smaller
     (``input_size``): upsampling a 64-px face adds no information, only compute (16× at 256 px). MesoNet takes the
@@ -109,6 +111,10 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
         kwargs["pretrained"] = preset.emd.pretrained
     if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
         kwargs["bn_momentum"] = preset.emd.baseline_bn_momentum
+    if system.kind == "face_xray":  # HRNet-W48 on the paper's face size, a smaller HRNet below (face-xray-backbone)
+        from emdlib.baselines.face_xray import backbone_for
+
+        kwargs.update(backbone=backbone_for(preset.emd.image_size), pretrained=preset.emd.pretrained)
     return kwargs
 
 
@@ -147,7 +153,8 @@ def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
     """What ``system``'s network started from, for its run record: the ImageNet weights of EMD's encoder and of
     XceptionNet as the preset gives them (:func:`emdlib.pretrained.describe_weights`: random, timm's, or a local
     file with its sha256) and of Capsule-Forensics' VGG-19 part
-    (:func:`emdlib.baselines.capsule_forensics.describe_vgg_weights`), ``{"source": "random"}`` for the other
+    (:func:`emdlib.baselines.capsule_forensics.describe_vgg_weights`) and of Face X-ray's HRNet (the same as
+    XceptionNet's, under the backbone's timm name), ``{"source": "random"}`` for the other
     systems (their FER streams are recorded with the FER stage)."""
     from emdlib.pretrained import describe_weights
 
@@ -165,6 +172,8 @@ def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
         from emdlib.baselines.capsule_forensics import describe_vgg_weights
 
         return describe_vgg_weights(preset.emd.pretrained)
+    if system.kind == "face_xray":
+        return describe_weights(preset.emd.pretrained, baseline_kwargs(system, preset)["backbone"])
     return {"source": "random"}
 
 
@@ -367,7 +376,8 @@ def _run_torch_process(study: Study, system: System, sets: dict, name: str, seed
 
 
 def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
-    """Train ``system`` on the cell's ``sets`` (:func:`emdlib.train.fit`, data parallel under a process group), fit
+    """Train ``system`` on the cell's ``sets`` (:func:`emdlib.train.fit`, data parallel under a process group; the
+    training split as the network's :meth:`~emdlib.models.detector.DetectorNet.training_data` makes it), fit
     the system's own classifier where it has one (:meth:`~emdlib.models.detector.DetectorNet.fit_classifier`, DCNN's
     ProCRC: on the unaugmented training split, every rank alike; rank 0 then re-saves the best checkpoint holding
     it, :func:`_resave_best`) and predict the test split; ``(predictions, training info, best checkpoint path)``.
@@ -378,7 +388,8 @@ def _run_torch(study: Study, system: System, sets: dict, name: str, seed: int):
     device = resolve_device(distributed.local_device(study.device) if distributed.is_distributed() else study.device)
     cfg = dataclasses.replace(train_config(system, study.preset, seed), device=study.device,
                               num_workers=loader_workers(device))  # GPU: batches loaded by pinned-memory workers
-    summary = fit(model, sets["train"], sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
+    train = model.training_data(sets["train"], seed)  # the split itself, but for Face X-ray's blended faces
+    summary = fit(model, train, sets["val"], study.paths.run_checkpoints / name, cfg, meta={"model": spec})
     loader = make_loader(_unaugmented(sets["train"]), cfg.batch_size, False, seed, cfg.num_workers)
     if model.fit_classifier(loader) and summary.get("best_checkpoint"):
         spec = model.spec() or spec
