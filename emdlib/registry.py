@@ -121,6 +121,8 @@ MODELS: dict[str, Entry] = {
                   pretrained=True),
     "capsule_forensics": Entry("emdlib.baselines.capsule_forensics:CapsuleForensics", {"input_size": INT},
                                pretrained=True),
+    "forensic_transfer": Entry("emdlib.baselines.forensic_transfer:ForensicTransfer",
+                               {"input_size": INT, "residual": BOOL}),
 }
 
 

@@ -69,6 +69,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("Steg.Features+SVM", "steg_features_svm"),
     System("DCNN", "dcnn"),
     System("Capsule-Forensics", "capsule_forensics"),
+    System("FT-res", "forensic_transfer"),
 ]}
 
 #: The expression-manipulation methods of Table V and Figs. 4–7.
