@@ -186,7 +186,8 @@ def test_round_trips_through_the_registry(tmp_path):
     rebuilt, meta = model_from_checkpoint(path)
     assert meta["model"] == {"name": "forensic_transfer", "kwargs": {"input_size": 32, "residual": True}}
     image = make_batch(2, 32)["image"]
-    model.eval(), rebuilt.eval()
+    model.eval()
+    rebuilt.eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(image).logits, model(image).logits)
     with pytest.raises(ValueError, match="residual"):
