@@ -443,6 +443,53 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "reads the image-level accuracy only.",
         "One data path for every system; the cell has no X-ray targets of its fakes.",
         None, ("emdlib.baselines.face_xray.xray_loss", "emdlib.models.detector.DetectorNet.training_data")),
+    # ------------------------------------------------------------------------- FT-res (EMD Table III)
+    Deviation(
+        "ft-res-architecture", "FT-res: ForensicTransfer's layers and training, as recalled",
+        "ForensicTransfer (Cozzolino et al., arXiv:1812.02510) states in its abstract an autoencoder whose latent "
+        "has one part per class, activated for that class, with a reconstruction constraint; its layer sizes (§3) "
+        "and training values (§4) could not be re-read here, and no official code exists.",
+        "Encoder 5 × (Conv 3×3 → BN → ReLU), channels 8/16/32/64/128, strides 1/2/2/2/2 (latent 128 × S/16 × S/16, "
+        "halves of 64 channels: real, fake); a mirrored decoder with nearest-neighbour upsampling, decoding the "
+        "latent with the other class's half zeroed (true class in training, predicted in evaluation); "
+        "L = γ·L_act + L_rec with γ = 1 and an L1 reconstruction; Adam 1e-3, batch 64, 256² input, 100 epochs, "
+        "PyTorch's default initialisation (`ForensicTransfer`; recipe `forensic_transfer`, every value inferred). "
+        "Below 256 px (the `tiny`/`cpu` faces) it runs at the face size, as `baseline-input-size` says of the "
+        "other sized baselines.",
+        "These are the values as recalled from the paper, agreeing with a public reimplementation "
+        "(nivba/Mamo-ForensicTransfer: the channels, strides and nearest upsampling) and with ClassNSeg, the "
+        "ForensicTransfer-derived network of Table II (same 128 × 16 × 16 latent, activation loss, Adam 1e-3, "
+        "batch 64, 100 epochs); a value confirmed in the paper later changes its status in the recipe, not silently "
+        "its value.",
+        "`ForensicTransfer(input_size=256)` (or preset `emd.image_size` ≥ 256) gives the recalled input size; the "
+        "layer sizes have no other reading to restore.",
+        ("emdlib.baselines.forensic_transfer.ENCODER_SPEC", "emdlib.baselines.forensic_transfer.Decoder",
+         "emdlib.baselines.forensic_transfer.forensic_transfer_loss", "emdlib.recipes.RECIPES")),
+    Deviation(
+        "ft-res-residual", "FT-res: which high-pass residual is its input",
+        "EMD's Table III takes ForensicTransfer's residual variant (FT-res); the filter behind its residuals could "
+        "not be re-read here.",
+        "The third-order residual [1, −3, 3, −1] of each RGB channel on the 0–255 scale, horizontally and "
+        "vertically (6 channels, reflect-padded to the image's size), divided by the quantisation step q·3 = 3 "
+        "(`residual`); the decoder reconstructs these 6 channels with a linear last layer (no tanh: a residual is "
+        "not bounded to [−1, 1]).",
+        "It is the first author's own residual (Cozzolino et al. 2017, Table II's \"Cozzolino et al.\" row; the "
+        "same kernel as `steganalysis.RESIDUAL_KERNEL`) and the residual input of the Nießner lab's later "
+        "ForensicTransfer comparison (Aneja & Nießner 2020, shivangi-aneja/DDT `FaceResidualDataset`: rows and "
+        "columns of the colour channels); dividing by the step gives the L1 reconstruction term the scale of "
+        "a few quantisation bins, beside the activation term's [0, 2].",
+        "`ForensicTransfer(residual=False)` is plain ForensicTransfer on the RGB input (not in the study's tables).",
+        ("emdlib.baselines.forensic_transfer.residual", "emdlib.baselines.forensic_transfer.ForensicTransfer(residual)",
+         "emdlib.baselines.steganalysis.RESIDUAL_KERNEL")),
+    Deviation(
+        "ft-res-score", "FT-res: the score behind AUC",
+        "ForensicTransfer decides by the larger of the two halves' activations; it defines no probability.",
+        "The logits are the two activations [a₀, a₁], so P(fake) = σ(a₁ − a₀) (`activations_to_logits`): the "
+        "arg-max is the paper's decision and AUC ranks images by the activation difference.",
+        "Any increasing function of a₁ − a₀ gives the same accuracy and AUC; the plain activations are what "
+        "MultiTask, also decided by activations, uses. The probabilities are not calibrated (about 0.27–0.73 "
+        "once trained).",
+        None, ("emdlib.baselines.forensic_transfer.activations_to_logits",)),
 )
 
 

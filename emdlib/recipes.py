@@ -414,6 +414,36 @@ RECIPES["lae"] = Recipe(
 )
 
 
+from emdlib.baselines import forensic_transfer  # noqa: E402 (beside its entry, so parallel additions do not collide)
+
+_FT_PAPER = "FT: Cozzolino et al., arXiv:1812.02510"
+_FT_UNREAD = ("ForensicTransfer's body (§3 network, §4 training) could not be re-read here (offline: only its abstract "
+              "and project page) and no official code was released; the value is the paper's as recalled")
+_CNS_FT = "CNS:train.py (ClassNSeg, Nguyen et al.'s network built on ForensicTransfer's activation loss)"
+RECIPES["forensic_transfer"] = Recipe(
+    "forensic_transfer", "FT-res: ForensicTransfer on residuals (Cozzolino et al., arXiv 2018; EMD Table III)",
+    optimizer=_inferred("adam", f"{_FT_PAPER} §4 (recalled); {_CNS_FT}", _FT_UNREAD + ", and the optimiser of the "
+                        "ForensicTransfer-derived ClassNSeg code"),
+    lr=_inferred(1e-3, f"{_FT_PAPER} §4 (recalled); {_CNS_FT} --lr", _FT_UNREAD + ", and ClassNSeg's"),
+    **_adam_defaults("inferred", "PyTorch Adam defaults", "no moments are known to be reported; Adam's defaults"),
+    weight_decay=_inferred(0.0, _FT_PAPER, _NO_WD),
+    batch_size=_inferred(64, f"{_FT_PAPER} §4 (recalled); {_CNS_FT} --batchSize", _FT_UNREAD + ", and ClassNSeg's"),
+    warmup_epochs=_inferred(0, _FT_PAPER, "the autoencoder starts from random weights and trains whole from the start"),
+    epochs=_inferred(100, _CNS_FT + " --niter", "ForensicTransfer trains until its validation loss stops improving "
+                     "(recalled), with no epoch count to copy; ClassNSeg's 100 epochs are the one published schedule "
+                     "of an autoencoder trained with this activation loss"),
+    augmentation=_inferred("none", _FT_PAPER, "no augmentation is known to be used (recalled), and ClassNSeg's "
+                           "ForensicTransfer-derived code has none"),
+    input_size=_inferred(forensic_transfer.INPUT_SIZE, f"{_FT_PAPER} §4 (256 × 256 patches, recalled)", _FT_UNREAD),
+    loss=_inferred("γ·L_act + L_rec, γ = 1: L_act = |a₁ − y| + |a₀ − (1 − y)| (a_c the mean |h_c| of latent half c), "
+                   "L_rec = L1 between the input residual and its reconstruction from the true half",
+                   f"{_FT_PAPER} abstract (activations in separate latent halves per class, with correct reconstruction); "
+                   "§3 (recalled)", _FT_UNREAD + " (the abstract confirms the two terms, not their form or γ)"),
+    model_selection=_inferred("best validation accuracy", _FT_PAPER, _SELECT),
+    sized_input=True,
+)
+
+
 def recipe_for(kind: str) -> Recipe:
     """The recipe of a system kind; KeyError naming the known kinds."""
     try:

@@ -125,6 +125,8 @@ MODELS: dict[str, Entry] = {
                                            "activation_weight": FLOAT, "locality_weight": FLOAT, "max_masks": INT}),
     "face_xray": Entry("emdlib.baselines.face_xray:FaceXray", {"backbone": STR, "input_size": INT, "lam": FLOAT},
                        pretrained=True),
+    "forensic_transfer": Entry("emdlib.baselines.forensic_transfer:ForensicTransfer",
+                               {"input_size": INT, "residual": BOOL}),
 }
 
 

@@ -22,6 +22,7 @@ dcnn                   DCNN (Raghavendra et al., Table III)        :mod:`.dcnn` 
 capsule_forensics      Capsule-Forensics (v1; Table III)           :mod:`.capsule_forensics`
 lae                    LAE (Du et al., CIKM 2020; Table III)       :mod:`.lae`
 face_xray              Face X-ray (Table III)                      :mod:`.face_xray` (blended faces: :mod:`emdlib.data.blending`)
+forensic_transfer      FT-res (ForensicTransfer, residual input)   :mod:`.forensic_transfer`
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -46,6 +47,7 @@ _REGISTRY = {
     "capsule_forensics": ("capsule_forensics", "CapsuleForensics"),
     "lae": ("lae", "LAE"),
     "face_xray": ("face_xray", "FaceXray"),
+    "forensic_transfer": ("forensic_transfer", "ForensicTransfer"),
 }
 
 

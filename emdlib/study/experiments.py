@@ -71,6 +71,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("Capsule-Forensics", "capsule_forensics"),
     System("LAE", "lae"),
     System("Face X-ray", "face_xray"),
+    System("FT-res", "forensic_transfer"),
 ]}
 
 #: The expression-manipulation methods of Table V and Figs. 4–7.
