@@ -581,6 +581,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     ``last.safetensors`` is continued. At the end the best weights are loaded into ``model`` (the last ones when there
     is no validation set). With ``config.precise_bn`` the trained BatchNorm layers take population statistics of
     the training split before each validation (:func:`recompute_bn_statistics`; the baselines on small presets).
+    With ``config.flip_rng == "sampler"`` the training loader (and the ``precise_bn`` one, which reads the split in
+    order with the epoch's flips) is built once with persistent workers, its ``DistributedSampler`` (one replica in
+    one process) wrapped by :class:`emdlib.data.datasets.FlipSampler` when ``train_data.augment`` is true, and
+    ``set_epoch`` every epoch: the batches, and so the run, do not depend on ``config.num_workers``.
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
     "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,11 +43,19 @@ GLOBAL_AT_ACCD875 = [
 
 
 class Recording(BNFree):
-    """The BN-free toy detector, keeping every training batch its loss sees (images, masks, labels, names)."""
+    """The BN-free toy detector behind a BatchNorm of its input, keeping every training batch its loss sees (images,
+    masks, labels, names) and the images of the BatchNorm statistics passes (``precise_bn``)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.bn = nn.BatchNorm2d(3)
         self.batches: list[dict] = []
+        self.bn_images: list[torch.Tensor] = []
+
+    def forward(self, image, fer_image=None):
+        if self.training and not torch.is_grad_enabled():  # emdlib.train.recompute_bn_statistics
+            self.bn_images.append(image.clone())
+        return super().forward(self.bn(image), fer_image)
 
     def compute_loss(self, output, batch):
         if self.training:
@@ -158,7 +167,7 @@ def test_same_batches_with_0_and_2_persistent_workers(cache):
 def test_same_fit_with_0_and_2_workers_and_resume(cache, tmp_path):
     runs = {}
     for workers in (0, 2):
-        model, res = _fit(cache, tmp_path / f"w{workers}", flip_rng="sampler", num_workers=workers)
+        model, res = _fit(cache, tmp_path / f"w{workers}", flip_rng="sampler", num_workers=workers, precise_bn=True)
         pred = predict(model, _sets(cache)[2], device="cpu", batch_size=4)
         runs[workers] = (model, res, pred)
     (m0, r0, p0), (m2, r2, p2) = runs[0], runs[2]
@@ -175,9 +184,14 @@ def test_same_fit_with_0_and_2_workers_and_resume(cache, tmp_path):
     plain = _sets(cache)[1]
     per_epoch = [_pairs(torch.cat([b["image"] for b in m0.batches[e * 4:(e + 1) * 4]]), plain) for e in (0, 1)]
     assert dict(per_epoch[0]) != dict(per_epoch[1])
+    # precise_bn read the training split in order, each image as that epoch's training saw it
+    assert [_pairs(torch.cat(m0.bn_images[e * 4:(e + 1) * 4]), plain) for e in (0, 1)] == \
+        [sorted(p) for p in per_epoch]
+    assert all(torch.equal(x, y) for x, y in zip(m0.bn_images, m2.bn_images)) and len(m2.bn_images) == 8
+    assert not torch.equal(a["model/bn.running_mean"], torch.zeros(3))
     # killed after epoch 1 (2 workers), resumed in a fresh process (0 workers): the end of the uninterrupted run
-    _fit(cache, tmp_path / "r", epochs=1, flip_rng="sampler", num_workers=2)
-    m, res = _fit(cache, tmp_path / "r", flip_rng="sampler")
+    _fit(cache, tmp_path / "r", epochs=1, flip_rng="sampler", num_workers=2, precise_bn=True)
+    m, res = _fit(cache, tmp_path / "r", flip_rng="sampler", precise_bn=True)
     assert _history(res) == _history(r0) and len(m.batches) == 4
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(m.batches, m0.batches[4:]))
     c, _ = load_checkpoint(tmp_path / "r" / "last.safetensors")
