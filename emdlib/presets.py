@@ -135,6 +135,20 @@ class EMDConfig:
     # cuDNN autotuning (torch.backends.cudnn.benchmark) on CUDA: the fastest convolution algorithms for the run's
     # fixed input sizes, chosen among deterministic ones; runs are then no longer bit-identical across processes
     cudnn_benchmark: bool = False
+    # where the training flips are drawn (FLIP_RNGS): "global" in ManipulationDataset.__getitem__ from the global torch
+    # RNG of the loading process (the committed tiny/cpu results; batches depend on the number of loader workers,
+    # which are re-created every epoch to re-seed them); "sampler" in the main process by
+    # emdlib.data.datasets.FlipSampler from (seed, epoch): the same batches with any number of workers, kept alive
+    # across epochs (persistent_workers)
+    flip_rng: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.flip_rng not in FLIP_RNGS:
+            raise ValueError(f"emd.flip_rng {self.flip_rng!r}: choose one of {FLIP_RNGS}")
+
+
+#: Where training flips are drawn (:attr:`EMDConfig.flip_rng`, :class:`emdlib.train.TrainConfig` ``flip_rng``).
+FLIP_RNGS: tuple[str, ...] = ("global", "sampler")
 
 
 @dataclass(frozen=True)
@@ -178,7 +192,8 @@ PRESETS: dict[str, Preset] = {
         data=DataConfig(world="faces", pairs=(72, 15, 15), frames_per_clip=48, frame_size=320),
         prepare=PrepareConfig(train_frames=24, eval_frames=10, crop_size=299, cache_format="jpeg"),
         fer=FERConfig(branches=9, epochs=20),
-        emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS),
+        emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, cells=_ALL_CELLS,
+                      flip_rng="sampler"),
         note="Forged manipulations of real photographs (London set): realistic faces, but only ~100 identities.",
     ),
     "paper": Preset(
@@ -192,7 +207,7 @@ PRESETS: dict[str, Preset] = {
         fer=FERConfig(branches=9, epochs=50, schedule="grow", first_epochs=50, branch_epochs=20, lr=0.1,
                       later_lr=0.01, val_every=2, max_per_class=5000, workers=8),
         emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, pretrained=True,
-                      cells=_ALL_CELLS, cudnn_benchmark=True),
+                      cells=_ALL_CELLS, cudnn_benchmark=True, flip_rng="sampler"),
         note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",
     ),
 }

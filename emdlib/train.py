@@ -19,9 +19,13 @@ Engineering: CUDA with AMP (bf16 where supported, else fp16 with a grad scaler) 
 on CUDA batches come through pinned memory and are copied ``non_blocking``, and the loop adds no wait for the GPU
 inside a training step (a network may: the FER memo hashes its input on the host, fp16's grad scaler reads its
 scale): the loss parts are summed on the device and read once per :data:`LOG_EVERY` steps (progress bar,
-non-finite check) and at the epoch's end (loader workers: :func:`loader_workers`; not persistent, because every
-epoch re-seeds its workers from ``(seed, epoch)``, which is what makes a resumed run end where an uninterrupted one
-does);
+non-finite check) and at the epoch's end (loader workers: :func:`loader_workers`). Where the training flips come from
+is ``TrainConfig.flip_rng`` (``emd.flip_rng``): ``"global"`` (tiny, cpu: the committed results) draws them in the
+dataset from the global RNG of the loading process, so workers are re-created every epoch to be re-seeded from
+``(seed, epoch)`` (which is what makes a resumed run end where an uninterrupted one does) and a run's batches depend
+on its number of workers; ``"sampler"`` (faces, paper) draws them in the main process
+(:class:`emdlib.data.datasets.FlipSampler` over a ``DistributedSampler``, one process or N), so the batches are the
+same with any number of workers, which persist across epochs;
 seeded and deterministic (the shuffle order and every RNG are re-seeded from ``(seed, epoch)`` at each epoch start);
 ``last.safetensors`` (model + flattened optimiser state + RNG states; scalars in the JSON sidecar, nothing pickled) is
 written after every epoch, and :func:`fit` resumes from it, ending exactly where an uninterrupted run ends.
@@ -54,7 +58,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler, Subset
 # tqdm.asyncio, not tqdm.auto: plain-text bars, never ipywidgets (which executed notebooks cannot show outside
 # Jupyter). Not plain tqdm either: the asyncio variant (which tqdm.auto also builds on) makes one iterator of the
 # DataLoader when the bar is created, and that iterator draws from the loader's seeded generator; the shuffle order
@@ -64,8 +68,9 @@ from tqdm.asyncio import tqdm
 from emdlib import distributed
 from emdlib.checkpoint import CheckpointError, load_checkpoint, load_meta, repair_sidecar, save_checkpoint
 from emdlib.io import remove_stale_temps
+from emdlib.data.datasets import FlipSampler
 from emdlib.models.detector import DetectorNet, DetectorOutput
-from emdlib.presets import EMDConfig
+from emdlib.presets import FLIP_RNGS, EMDConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,8 @@ class TrainConfig:
     (:func:`emdlib.distributed.per_rank_batch`), so one optimiser step always sees ``batch_size`` images.
     ``sync_bn``: with N > 1 processes on CUDA, BatchNorm layers become ``torch.nn.SyncBatchNorm`` (batch statistics
     over the global batch); ignored in a single process.
+    ``flip_rng``: where the training flips are drawn, ``"global"`` or ``"sampler"`` (:data:`emdlib.presets.FLIP_RNGS`,
+    module docstring); ValueError for another value.
     """
 
     warmup_epochs: int = 3
@@ -112,10 +119,13 @@ class TrainConfig:
     precise_bn: bool = False  # BatchNorm population statistics before each validation (recompute_bn_statistics)
     sync_bn: bool = False  # data parallel on CUDA only: SyncBatchNorm (statistics over the global batch)
     cudnn_benchmark: bool = False  # CUDA only: cuDNN autotuning (EMDConfig.cudnn_benchmark)
+    flip_rng: str = "global"  # where training flips are drawn (EMDConfig.flip_rng)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.flip_rng not in FLIP_RNGS:
+            raise ValueError(f"unknown flip_rng {self.flip_rng!r}; choose one of {FLIP_RNGS}")
 
     @property
     def total_epochs(self) -> int:
@@ -124,11 +134,11 @@ class TrainConfig:
     @classmethod
     def from_preset(cls, cfg: EMDConfig, seed: int = 0, **overrides: Any) -> "TrainConfig":
         """From a preset's :class:`emdlib.presets.EMDConfig`: warm-up and full epochs, batch size, learning rate,
-        image size, the smoke-test batch cap, ``sync_bn`` and ``cudnn_benchmark``; the other fields keep their
-        defaults (the paper's)."""
+        image size, the smoke-test batch cap, ``sync_bn``, ``cudnn_benchmark`` and ``flip_rng``; the other fields
+        keep their defaults (the paper's)."""
         base = dict(warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                     seed=seed, image_size=cfg.image_size, max_batches=cfg.max_batches, sync_bn=cfg.sync_bn,
-                    cudnn_benchmark=cfg.cudnn_benchmark)
+                    cudnn_benchmark=cfg.cudnn_benchmark, flip_rng=cfg.flip_rng)
         return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,22 +233,36 @@ def loader_workers(device: torch.device, cap: int = 8) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False, sampler: Sampler | None = None) -> DataLoader:
+                pin_memory: bool = False, sampler: Sampler | None = None, persistent: bool = False) -> DataLoader:
     """A seeded DataLoader. Training drops a final batch of size 1 (BatchNorm cannot train on it).
 
-    ``sampler`` (data parallel training: a ``DistributedSampler``, which shuffles itself) replaces ``shuffle``'s
-    order; the final batch of size 1 is counted on this rank's share (``len(sampler)``)."""
+    ``sampler`` (a ``DistributedSampler``, which shuffles itself, or a :class:`emdlib.data.datasets.FlipSampler`
+    over one) replaces ``shuffle``'s order; the final batch of size 1 is counted on the sampler's share
+    (``len(sampler)``). ``persistent``: with ``num_workers > 0`` the workers outlive an epoch
+    (``persistent_workers``; only for datasets whose items do not depend on the workers' RNG: ``flip_rng="sampler"``).
+    """
+    persistent = persistent and num_workers > 0
     if sampler is not None:
         n = len(sampler)
         drop_last = shuffle and n % batch_size == 1 and n > 1
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
-                          pin_memory=pin_memory, persistent_workers=False)
+                          pin_memory=pin_memory, persistent_workers=persistent)
     drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=persistent)
 
+
+def flip_sampler(dataset: Dataset, base: Sampler[int], seed: int) -> Sampler:
+    """``base`` with the training flips drawn in the main process (:class:`emdlib.data.datasets.FlipSampler`) when
+    ``dataset`` flips (an ``augment`` attribute that is true, as :class:`~emdlib.data.datasets.ManipulationDataset`
+    has), else ``base`` itself (its items take no flip)."""
+    return FlipSampler(base, len(dataset), seed) if getattr(dataset, "augment", False) else base
+
+
+#: Sidecar config keys a resumed training state may lack (written before they existed): read at these defaults.
+OLD_DEFAULTS: tuple[str, ...] = ("optimizer", "flip_rng")
 
 #: Training steps between two reads of the loss sums from the device in :func:`fit` (progress bar, non-finite check).
 LOG_EVERY = 25
@@ -558,6 +582,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     ``last.safetensors`` is continued. At the end the best weights are loaded into ``model`` (the last ones when there
     is no validation set). With ``config.precise_bn`` the trained BatchNorm layers take population statistics of
     the training split before each validation (:func:`recompute_bn_statistics`; the baselines on small presets).
+    With ``config.flip_rng == "sampler"`` the training loader (and the ``precise_bn`` one, which reads the split in
+    order with the epoch's flips) is built once with persistent workers, its ``DistributedSampler`` (one replica in
+    one process) wrapped by :class:`emdlib.data.datasets.FlipSampler` when ``train_data.augment`` is true, and
+    ``set_epoch`` every epoch: the batches, and so the run, do not depend on ``config.num_workers``.
 
     Returns ``{"history": [per-epoch dicts], "best_epoch", "best_val_accuracy", "best_checkpoint",
     "last_checkpoint", "device", "wall_time_s"}``. ``on_epoch_end(record)`` is called after each epoch.
@@ -619,8 +647,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     if resume and last_path.is_file():
         prev = _resume_state(last_path, model, optimizer, scaler, device)
         if prev is not None:
-            for key in ("seed", "batch_size", "lr", "warmup_epochs", "optimizer"):
-                recorded = prev["config"].get(key, TrainConfig.optimizer if key == "optimizer" else None)
+            for key in ("seed", "batch_size", "lr", "warmup_epochs", "optimizer", "flip_rng"):
+                recorded = prev["config"].get(key, getattr(TrainConfig, key) if key in OLD_DEFAULTS else None)
                 if recorded != getattr(config, key):
                     raise ValueError(f"{last_path}: cannot resume, {key}={recorded!r} in the "
                                      f"checkpoint but {getattr(config, key)!r} now (use another out_dir or "
@@ -637,10 +665,21 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     has_val = val_data is not None and len(val_data) > 0
     if has_val and ddp:  # each rank validates its shard (no padding; a shard may be empty), validate() adds them up
         val_data = Subset(val_data, distributed.shard_indices(len(val_data), rank, world))
-    val_loader = (make_loader(val_data, batch_size, False, config.seed, config.num_workers, device.type == "cuda")
+    by_sampler = config.flip_rng == "sampler"  # flips drawn in the main process: workers may persist
+    pin = device.type == "cuda"
+    val_loader = (make_loader(val_data, batch_size, False, config.seed, config.num_workers, pin, persistent=by_sampler)
                   if has_val else None)
     sampler = (DistributedSampler(train_data, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
-               if ddp else None)
+               if ddp or by_sampler else None)  # "sampler" in one process: a DistributedSampler of one replica
+    train_loader = bn_loader = bn_sampler = None
+    if by_sampler:  # built once; every epoch is set_epoch on the samplers
+        sampler = flip_sampler(train_data, sampler, config.seed)
+        train_loader = make_loader(train_data, batch_size, True, config.seed, config.num_workers, pin,
+                                   sampler=sampler, persistent=True)
+        if config.precise_bn:  # the training split in order, with the flips of the epoch
+            bn_sampler = flip_sampler(train_data, SequentialSampler(train_data), config.seed)
+            bn_loader = make_loader(train_data, config.batch_size, False, config.seed, config.num_workers, pin,
+                                    sampler=bn_sampler, persistent=True)
     net, net_phase = None, None  # the DistributedDataParallel wrapper, rebuilt when the trained parameters change
     t_start = time.perf_counter()
     for epoch in range(start, config.total_epochs):
@@ -658,10 +697,11 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
                                  make_loader(train_data, batch_size, False, config.seed, config.num_workers,
                                              device.type == "cuda"))
         seed_everything(_epoch_seed(config.seed, epoch) + rank)  # rank 0: the single-process seeds
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = make_loader(train_data, batch_size, True, _epoch_seed(config.seed, epoch),
-                             config.num_workers, device.type == "cuda", sampler=sampler)
+        for s in (sampler, bn_sampler):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+        loader = train_loader if train_loader is not None else make_loader(
+            train_data, batch_size, True, _epoch_seed(config.seed, epoch), config.num_workers, pin, sampler=sampler)
         model.train()
         t0 = time.perf_counter()
         device_sums: dict[str, torch.Tensor] = {}  # per-image loss sums, float64 on the device: read once per LOG_EVERY
@@ -688,9 +728,9 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
         record: dict[str, Any] = {"epoch": epoch + 1, "phase": "warmup" if warmup else "full",
                                   **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}, "train_images": n}
         if config.precise_bn:  # every rank reads the whole training split, as one process does: same statistics
-            recompute_bn_statistics(model, make_loader(train_data, config.batch_size, False, config.seed,
-                                                       config.num_workers, device.type == "cuda"),
-                                    device, amp_dtype, channels_last, config.max_batches)
+            batches = bn_loader if bn_loader is not None else make_loader(  # "global": a new one every epoch
+                train_data, config.batch_size, False, config.seed, config.num_workers, pin)
+            recompute_bn_statistics(model, batches, device, amp_dtype, channels_last, config.max_batches)
             distributed.broadcast_buffers(model)
         if val_loader is not None:
             val = validate(model, val_loader, device, amp_dtype, channels_last)

@@ -4,6 +4,9 @@
 split, the fakes of the chosen methods and the pristine frames of the same split and compressions, each with its
 binary manipulation mask (all zero for reals; reference-facts §B.6) and the 96×96 BGR input of the FER stream
 (reference-facts §A.4). Arrays are memory-mapped from the cache; nothing is decoded from video or JPEG here.
+
+:class:`FlipSampler` draws the training flips in the main process (``emd.flip_rng = "sampler"``), so the items of an
+epoch do not depend on which DataLoader worker loads them.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from emdlib.data.crop_codec import EncodedCrops
 from emdlib.data.ffpp import ORIGINAL, SPLITS, check_compression, check_method, target_id
@@ -37,8 +40,11 @@ class ManipulationDataset(Dataset):
     nearest; ``label`` long, 1 = fake; ``method`` (``"original"`` for reals); ``compression``; ``video``; ``frame``
     (index in the video). Only manifest rows whose status is in ``statuses`` (default: ``ok``) are used.
 
-    ``augment=True`` flips image, mask and FER input horizontally together with probability 0.5 (torch RNG, so a
-    seeded ``torch.manual_seed`` / DataLoader generator makes it reproducible).
+    An item is read by an ``int`` index or by an ``(index, flip)`` pair. A pair (what :class:`FlipSampler` yields)
+    flips image, mask and FER input horizontally together exactly when ``flip`` is true, drawing nothing. An ``int``
+    with ``augment=True`` flips them with probability 0.5 drawn from the GLOBAL torch RNG of the process that loads
+    the item (``emd.flip_rng = "global"``, the committed cpu results): reproducible for a seeded process and a fixed
+    number of DataLoader workers, but not across numbers of workers. An ``int`` with ``augment=False`` never flips.
     """
 
     def __init__(
@@ -144,12 +150,18 @@ class ManipulationDataset(Dataset):
             self._arrays[key] = arr
         return arr
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, bool]) -> dict[str, Any]:
+        """The item of the class docstring; ``index`` an ``int`` or an ``(index, flip)`` pair. Raises IndexError
+        for an index out of range, FileNotFoundError when the cache lacks the item's entry."""
+        if isinstance(index, tuple):
+            index, flip = int(index[0]), bool(index[1])
+        else:
+            flip = self.augment and torch.rand(()).item() < 0.5  # no draw without augment
         method, comp, video, frame, row = self.samples[index]
         fake = method != ORIGINAL
         crop = np.array(self._array(comp, method, video, "crops")[row])  # copy: the memory map is read-only
         mask = np.array(self._array(comp, method, video, "masks")[row]) if fake else np.zeros(crop.shape[:2], np.uint8)
-        if self.augment and torch.rand(()).item() < 0.5:
+        if flip:
             crop, mask = np.ascontiguousarray(crop[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
         rgb01 = to_tensor(crop)
         s = self.image_size
@@ -175,3 +187,46 @@ class ManipulationDataset(Dataset):
         state = self.__dict__.copy()
         state["_arrays"] = {}  # memory maps are reopened in each DataLoader worker, never pickled
         return state
+
+
+class FlipSampler(Sampler[tuple[int, bool]]):
+    """``(index, flip)`` pairs for :class:`ManipulationDataset`: the indices of ``base`` (e.g. a
+    ``DistributedSampler``, which shuffles by ``set_epoch``), each with a horizontal-flip decision made here, in the
+    main process.
+
+    The flips of epoch ``e`` are one Bernoulli(``p``) draw per dataset index (``size`` of them) from a numpy
+    ``Generator`` seeded with ``(seed, e)`` (a ``SeedSequence``: a stream of its own, apart from the global RNGs
+    that :func:`emdlib.train.fit` re-seeds); an item's flip depends on ``(seed, epoch, index)`` only. So an epoch's
+    items are the same whatever the number of DataLoader workers (which then hold no RNG that matters and may
+    persist across epochs), whatever the number of data-parallel processes sharding ``base`` (every rank draws the
+    same flips), and after a resume. Iterating twice in an epoch yields the same pairs. ``set_epoch(e)`` is passed on
+    to ``base`` when it has one. Horizontal flips with p = 0.5 are the training augmentation of the study (deviation
+    ``flips``; ``Recipe.augments``).
+
+    Raises ValueError for a negative ``seed`` or ``size``, or ``p`` outside [0, 1].
+    """
+
+    def __init__(self, base: Sampler[int], size: int, seed: int, p: float = 0.5) -> None:
+        if size < 0 or seed < 0:
+            raise ValueError(f"FlipSampler: size {size} and seed {seed} must be >= 0")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"FlipSampler: flip probability {p} is not in [0, 1]")
+        self.base, self.size, self.seed, self.p, self.epoch = base, int(size), int(seed), float(p), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s flips (and order: ``base.set_epoch``) from the next iteration on."""
+        self.epoch = int(epoch)
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def flips(self) -> np.ndarray:
+        """This epoch's flip decision for every dataset index: bool array of shape ``(size,)``."""
+        return np.random.default_rng((self.seed, self.epoch)).random(self.size) < self.p
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        flips = self.flips()
+        for i in self.base:
+            yield int(i), bool(flips[i])
+
+    def __len__(self) -> int:
+        return len(self.base)
