@@ -382,18 +382,21 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "\"challenging candidates\" (abstract). Its body could not be read here and no official code is public: "
         "layer sizes, loss form and weights, the interpretation method, the selection criterion and the training "
         "schedule are not known.",
-        "A ForensicTransfer autoencoder (five 3×3 conv blocks 16-32-64-128-128, latent split into real/fake halves, "
-        "mirrored decoder; 345,155 parameters) trained with L_rec + L_act (ForensicTransfer) + L_loc, the Grad-CAM "
-        "map of the fake activation outside the mask; masks for 2% of the training images, the most uncertain fakes "
-        "(binary entropy of P(fake)) in 3 rounds spread over training (`LAE`, recipe `lae`).",
-        "LAE extends ForensicTransfer (the abstract's autoencoder; EMD pairs the two), Grad-CAM is the usual "
-        "pixel-wise interpretation of a CNN decision, penalising attention outside a human rationale is the "
+        "FT-res's autoencoder as inferred there (deviation `ft-res-architecture`: five 3×3 conv blocks "
+        "8-16-32-64-128, latent split into real/fake halves, mirrored decoder) on the RGB face with a tanh output "
+        "instead of the residual (197,379 parameters), trained with L_rec + L_act (ForensicTransfer) + L_loc, the "
+        "Grad-CAM map of the fake activation outside the mask; masks for 2% of the training images, the most "
+        "uncertain fakes (binary entropy of P(fake)) in 3 rounds spread over training (`LAE`, recipe `lae`).",
+        "LAE extends ForensicTransfer (the abstract's autoencoder; EMD pairs the two), so it takes the one "
+        "ForensicTransfer autoencoder inferred here rather than a second guess at the same layers; Grad-CAM is the "
+        "usual pixel-wise interpretation of a CNN decision, penalising attention outside a human rationale is the "
         "authors' own earlier regulariser (ICDM 2019), and uncertainty sampling is the standard reading of "
         "\"challenging candidates\". Every value is marked inferred in the recipe.",
         "`LAE(mask_fraction, selection_rounds, activation_weight, locality_weight)` and the recipe's "
         "`active_learning` set the fraction, rounds and weights.",
-        ("emdlib.baselines.lae.LAE", "emdlib.baselines.lae.lae_loss", "emdlib.baselines.lae.LAE.select_samples",
-         "emdlib.baselines.lae.gradcam_map")),
+        ("emdlib.baselines.lae.LAE", "emdlib.baselines.forensic_transfer.Encoder",
+         "emdlib.baselines.forensic_transfer.Decoder", "emdlib.baselines.lae.lae_loss",
+         "emdlib.baselines.lae.LAE.select_samples", "emdlib.baselines.lae.gradcam_map")),
     Deviation(
         "lae-masks-available", "LAE: masks exist for every fake; the selection only decides which are used",
         "LAE asks human annotators for the masks of the samples its active learning selects.",

@@ -399,7 +399,8 @@ RECIPES["lae"] = Recipe(
     epochs=_inferred(20, _LAE, _LAE_UNREAD + "; it gets EMD's 20 full epochs (§IV-B), the budget of the method it is "
                      "compared with"),
     augmentation=_inferred("none", _LAE, _LAE_UNREAD + "; no augmentation is known to be used"),
-    input_size=_inferred(lae.INPUT_SIZE, _FT, "ForensicTransfer's 256×256 input; LAE's could not be read"),
+    input_size=_inferred(lae.INPUT_SIZE, _FT, "ForensicTransfer's 256×256 input (FT-res's, recipe `forensic_transfer`, "
+                         "whose autoencoder LAE takes); LAE's could not be read"),
     loss=_inferred("L_rec (L1, from the label's latent half) + L_act (ForensicTransfer) + L_loc (Grad-CAM of the fake "
                    "activation outside the mask, on the selected fakes); weights 1, 1, 1", f"{_LAE} abstract; {_FT}",
                    "the abstract names a reconstruction autoencoder regularised by masks on its local interpretation; "

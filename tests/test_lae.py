@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from emdlib.baselines.lae import (LAE, activation_loss, binary_entropy, choose_uncertain, class_activations,
-                                  gradcam_map, lae_loss, locality_loss, sample_keys, selection_epochs)
+from emdlib.baselines.forensic_transfer import (Decoder, Encoder, ForensicTransfer, activation_loss, activations,
+                                                select_half)
+from emdlib.baselines.lae import (LAE, binary_entropy, choose_uncertain, gradcam_map, lae_loss, locality_loss,
+                                  sample_keys, selection_epochs)
 from emdlib.models.detector import DetectorNet, DetectorOutput
 from emdlib.train import TrainConfig, fit, recompute_bn_statistics, train_step
 
@@ -51,11 +53,17 @@ def test_output_contract_and_parameter_count() -> None:
     assert out.logits.shape == (4, 2) and out.extras["latent"].shape == (4, 128, 2, 2)
     assert out.extras["reconstructions"].shape == (4, 2, 3, 32, 32) and out.extras["input"].shape == (4, 3, 32, 32)
     assert out.extras["reconstructions"].abs().max() <= 1  # tanh: the input's range
-    torch.testing.assert_close(out.logits, class_activations(out.extras["latent"]))
-    # the paper gives no parameter count (its body could not be read); ours, independent of the input size:
-    # encoder 3·16·9 + 16·32·9 + 32·64·9 + 64·128·9 + 128·128·9 = 245,808 conv + 2·(16+32+64+128+128) = 736 BN;
-    # decoder 128·64·9 + 64·32·9 + 32·16·9 + 16·16·9 = 97,920 conv + 2·(64+32+16+16) = 256 BN; to RGB 16·3·9 + 3
-    assert sum(p.numel() for p in LAE().parameters()) == 245_808 + 736 + 97_920 + 256 + 435 == 345_155
+    torch.testing.assert_close(out.logits, activations(out.extras["latent"]))
+    # FT-res's autoencoder on RGB (the paper gives no parameter count; its body could not be read), independent of
+    # the input size: encoder 3·8·9 + 8·16·9 + 16·32·9 + 32·64·9 + 64·128·9 = 98,136 conv weights + 248 biases +
+    # 2·248 = 496 BN; decoder 128·64·9 + 64·32·9 + 32·16·9 + 16·8·9 = 97,920 conv weights + 120 biases + 2·120 = 240
+    # BN; to RGB 8·3·9 + 3 = 219
+    lae = LAE()
+    assert isinstance(lae.encoder, Encoder) and isinstance(lae.decoder, Decoder)
+    assert sum(p.numel() for p in lae.parameters()) == 98_136 + 248 + 496 + 97_920 + 120 + 240 + 219 == 197_379
+    plain = ForensicTransfer(residual=False).state_dict()
+    assert {k: v.shape for k, v in lae.state_dict().items() if k.startswith(("encoder.", "decoder."))} == {
+        k: v.shape for k, v in plain.items()}  # plain ForensicTransfer's layers, nothing else
     # the shared (x − 0.5)/0.5 input is resized, not renormalised: it is also the reconstruction target
     torch.testing.assert_close(LAE(input_size=16).normalise(batch["image"]), torch.nn.functional.interpolate(
         batch["image"], size=(16, 16), mode="bilinear", align_corners=False, antialias=True))
@@ -68,17 +76,22 @@ def test_output_contract_and_parameter_count() -> None:
 # ------------------------------------------------------------------------------------------- losses by hand
 
 
-def test_activations_and_activation_loss_by_hand() -> None:
-    latent = torch.zeros(2, 4, 1, 2)
-    latent[0, :2] = torch.tensor([[1.0, 3.0]])  # real half of image 0: mean |h| = 2
-    latent[0, 2:] = -0.5  # fake half: mean |h| = 0.5
-    latent[1, 2:] = 1.0  # image 1: real 0, fake 1
-    a = class_activations(latent)
-    torch.testing.assert_close(a, torch.tensor([[2.0, 0.5], [0.0, 1.0]]))
-    # image 0 real: |0.5 − 0| + |2 − 1| = 1.5; image 1 fake: |1 − 1| + |0 − 0| = 0 → mean 0.75
-    assert activation_loss(a, torch.tensor([0, 1])).item() == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="even number of channels"):
-        class_activations(torch.zeros(1, 3, 2, 2))
+def test_each_reconstruction_is_decoded_from_one_latent_half() -> None:
+    # the activations and their loss are ForensicTransfer's, tested by hand in test_forensic_transfer.py; here: LAE
+    # decodes every image twice, from its real half (channels 0–63) and from its fake half (64–127)
+    torch.manual_seed(0)
+    model = LAE(input_size=16).eval()  # BatchNorm in eval mode: each decoding independent of the batch
+    image = collate(make_items(3, 16))["image"]
+    with torch.no_grad():
+        out = model(image)
+        latent, rec = out.extras["latent"], out.extras["reconstructions"]
+        for c in (0, 1):
+            keep = torch.full((3,), c)
+            torch.testing.assert_close(rec[:, c], model.decoder(select_half(latent, keep)))
+        only_real = latent.clone()
+        only_real[:, 64:] = 0
+        torch.testing.assert_close(rec[:, 0], model.decoder(only_real))
+    assert not torch.allclose(rec[:, 0], rec[:, 1])
 
 
 def test_gradcam_is_autograds_and_matches_a_hand_computed_map() -> None:

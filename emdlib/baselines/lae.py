@@ -10,17 +10,23 @@ of the training data". EMD (§IV-C) groups LAE with FT-res as "attempting to lea
 other choice below is ours, labelled ``inferred`` in the recipe (:data:`emdlib.recipes.RECIPES` ``["lae"]``) and in
 the deviation ``lae-unread`` (:mod:`emdlib.deviations`):
 
-* Autoencoder in the ForensicTransfer manner (Cozzolino et al., arXiv:1812.02510, which LAE extends): encoder of
-  five 3×3 Conv → BN → ReLU blocks, channels :data:`ENCODER_CHANNELS`, the first at stride 1 and the other four at
-  stride 2, so the latent ``h`` is ``(N, 128, S/16, S/16)`` (non-negative, after ReLU); its first 64 channels are the
-  *real* half ``h_0``, the last 64 the *fake* half ``h_1``. Decoder mirroring it: four (nearest ×2 upsampling →
-  3×3 Conv → BN → ReLU) blocks, channels :data:`DECODER_CHANNELS`, then a 3×3 Conv to RGB and ``tanh`` (the
-  network's input range). 345,155 parameters at any input size.
-* Class activations ``a_c = mean |h_c|`` (:func:`class_activations`); the decision is the larger one: ``logits =
-  (a_0, a_1)`` (index 1 = fake), so ``P(fake) = σ(a_1 − a_0)`` orders the images as the activations do.
+* Autoencoder: FT-res's, as inferred there (:mod:`emdlib.baselines.forensic_transfer`, ForensicTransfer by
+  Cozzolino et al., arXiv:1812.02510, which LAE extends; deviation ``ft-res-architecture``): its
+  :class:`~emdlib.baselines.forensic_transfer.Encoder` (five 3×3 Conv → BN → ReLU blocks, channels 8, 16, 32, 64,
+  128, the first at stride 1 and the other four at stride 2) gives the latent ``h``, ``(N, 128, S/16, S/16)``
+  (non-negative, after ReLU), whose first 64 channels are the *real* half ``h_0`` and the last 64 the *fake* half
+  ``h_1``; its :class:`~emdlib.baselines.forensic_transfer.Decoder` (four nearest ×2 upsampling → 3×3 Conv → BN →
+  ReLU blocks, channels 64, 32, 16, 8, then a 3×3 Conv) decodes to RGB through ``tanh`` (the input's range), as
+  plain ForensicTransfer does on RGB. The one difference from FT-res is the input: the RGB face, not its
+  high-pass residual (below). 197,379 parameters at any input size (``ForensicTransfer(residual=False)``'s).
+* Class activations ``a_c = mean |h_c|`` (:func:`~emdlib.baselines.forensic_transfer.activations`); the decision is
+  the larger one: ``logits = (a_0, a_1)`` (index 1 = fake,
+  :func:`~emdlib.baselines.forensic_transfer.activations_to_logits`), so ``P(fake) = σ(a_1 − a_0)`` orders the
+  images as the activations do.
 * Losses (:func:`lae_loss`): ``L = L_rec + λ_act·L_act + λ_loc·L_loc``. ``L_rec``: mean absolute error between the
-  input and its reconstruction decoded from the latent with the *other* class's half set to zero (ForensicTransfer);
-  ``L_act = mean_i |a_{i,1} − y_i| + |a_{i,0} − (1 − y_i)|`` (ForensicTransfer's activation loss);
+  input and its reconstruction decoded from the latent with the *other* class's half set to zero (ForensicTransfer,
+  :func:`~emdlib.baselines.forensic_transfer.select_half`); ``L_act = mean_i |a_{i,1} − y_i| + |a_{i,0} − (1 −
+  y_i)|`` (ForensicTransfer's activation loss, :func:`~emdlib.baselines.forensic_transfer.activation_loss`);
   ``L_loc``: the locality regulariser on the samples the active learning has chosen (fakes only; a real face has no
   forgery region): the mean, over those samples and their pixels, of the normalised Grad-CAM map of the fake
   activation outside the manipulation mask, ``mean_p Â_p (1 − m_p)`` (:func:`locality_loss`), i.e. attention spent
@@ -40,8 +46,9 @@ the deviation ``lae-unread`` (:mod:`emdlib.deviations`):
   resumed run continues with the same masks, and each epoch's ``train_mask_fraction`` says what share of the
   images stepped on carried one.
 
-Input: the shared ``(x − 0.5)/0.5`` RGB in [−1, 1], resized to ``input_size`` (:meth:`LAE.normalise`, the one place),
-is both the network's input and the reconstruction target (``tanh`` output range).
+Input: the shared ``(x − 0.5)/0.5`` RGB in [−1, 1], resized to ``input_size`` (default 256, FT-res's
+:data:`~emdlib.baselines.forensic_transfer.INPUT_SIZE`; :meth:`LAE.normalise`, the one place), is both the network's
+input and the reconstruction target (``tanh`` output range).
 """
 
 from __future__ import annotations
@@ -54,41 +61,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.asyncio import tqdm
 
 from emdlib.baselines import inputs
+from emdlib.baselines.forensic_transfer import (DOWNSAMPLING, HALVES, INPUT_SIZE, Decoder, Encoder, activation_loss,
+                                                activations, activations_to_logits, select_half)
 from emdlib.models.detector import DetectorNet, DetectorOutput
 
 log = logging.getLogger(__name__)
 
-INPUT_SIZE = 256  # ForensicTransfer's 256×256 input (inferred for LAE)
-ENCODER_CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 128)
-ENCODER_STRIDES: tuple[int, ...] = (1, 2, 2, 2, 2)
-DECODER_CHANNELS: tuple[int, ...] = (64, 32, 16, 16)
-#: Total downsampling of the encoder (the input side must be a multiple of it).
-DOWNSAMPLING = math.prod(ENCODER_STRIDES)
 ACTIVATION_WEIGHT = 1.0  # λ_act
 LOCALITY_WEIGHT = 1.0  # λ_loc
 MASK_FRACTION = 0.02  # share of the training images that get a mask ("less than 3%", LAE abstract)
 SELECTION_ROUNDS = 3
 #: Capacity of the state that records the chosen samples (a fixed shape, so checkpoints load strictly).
 MAX_MASKS = 20_000
-
-
-def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
-
-
-def class_activations(latent: torch.Tensor) -> torch.Tensor:
-    """``(N, 2K, h, w)`` latent → ``(N, 2)`` activations ``a_c = mean |h_c|`` of the real (channels ``[0, K)``) and
-    fake (``[K, 2K)``) halves (ForensicTransfer Eq. 1). Raises ValueError for an odd channel count."""
-    if latent.shape[1] % 2:
-        raise ValueError(f"the latent must have an even number of channels (two halves), got {latent.shape[1]}")
-    k = latent.shape[1] // 2
-    a = latent.abs()
-    return torch.stack((a[:, :k].flatten(1).mean(1), a[:, k:].flatten(1).mean(1)), dim=1)
 
 
 def gradcam_map(fake_half: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -115,13 +102,6 @@ def locality_loss(attention: torch.Tensor, mask: torch.Tensor, chosen: torch.Ten
         return attention.new_zeros(())
     outside = (attention * (1 - mask.to(attention.dtype))).flatten(1).mean(1)
     return outside[chosen].mean()
-
-
-def activation_loss(activations: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """ForensicTransfer's ``L_act = mean_i |a_{i,1} − y_i| + |a_{i,0} − (1 − y_i)|``: ``activations`` ``(N, 2)``
-    (index 1 = fake), ``label`` ``(N,)`` in {0, 1} (1 = fake)."""
-    y = label.to(activations.dtype)
-    return ((activations[:, 1] - y).abs() + (activations[:, 0] - (1 - y)).abs()).mean()
 
 
 def sample_keys(batch: Mapping[str, Any]) -> torch.Tensor:
@@ -196,13 +176,8 @@ class LAE(DetectorNet):
         self.selection_rounds = int(selection_rounds)
         self.activation_weight = float(activation_weight)
         self.locality_weight = float(locality_weight)
-        c = (3, *ENCODER_CHANNELS)
-        self.encoder = nn.Sequential(*(_block(c[i], c[i + 1], s) for i, s in enumerate(ENCODER_STRIDES)))
-        d = (ENCODER_CHANNELS[-1], *DECODER_CHANNELS)
-        self.decoder = nn.Sequential(
-            *(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _block(d[i], d[i + 1]))
-              for i in range(len(DECODER_CHANNELS))),
-            nn.Conv2d(d[-1], 3, 3, padding=1), nn.Tanh())
+        self.encoder = Encoder(3)
+        self.decoder = Decoder(3, "tanh")
         self.register_buffer("labelled_keys", torch.zeros(int(max_masks), dtype=torch.int64))
         self.register_buffer("num_labelled", torch.zeros((), dtype=torch.int64))
 
@@ -216,13 +191,12 @@ class LAE(DetectorNet):
     def forward(self, image: torch.Tensor, fer_image: torch.Tensor | None = None) -> DetectorOutput:
         x = self.normalise(image)
         latent = self.encoder(x)
-        k = latent.shape[1] // 2
-        keep = torch.zeros(2, latent.shape[1], 1, 1, dtype=latent.dtype, device=latent.device)
-        keep[0, :k] = 1  # the real half
-        keep[1, k:] = 1  # the fake half
-        halves = (latent[:, None] * keep[None]).flatten(0, 1)  # (2N, C, h, w): image i's real, then fake half
-        recon = self.decoder(halves).unflatten(0, (latent.shape[0], 2))
-        return DetectorOutput(logits=class_activations(latent),
+        n = latent.shape[0]
+        # (2N, C, h, w): image i's latent with only its real half, then with only its fake half
+        halves = select_half(latent.repeat_interleave(HALVES, 0),
+                             torch.arange(HALVES, device=latent.device).repeat(n))
+        recon = self.decoder(halves).unflatten(0, (n, HALVES))
+        return DetectorOutput(logits=activations_to_logits(activations(latent)),
                               extras={"latent": latent, "reconstructions": recon, "input": x})
 
     # ------------------------------------------------------------------------------------------------- losses
