@@ -121,6 +121,9 @@ MODELS: dict[str, Entry] = {
                   pretrained=True),
     "capsule_forensics": Entry("emdlib.baselines.capsule_forensics:CapsuleForensics", {"input_size": INT},
                                pretrained=True),
+    "two_stream": Entry("emdlib.baselines.two_stream:TwoStream",
+                        {"input_size": INT, "patch_size": INT, "margin": FLOAT, "svm_c": FLOAT, "max_svm_patches": INT,
+                         "seed": INT}, pretrained=True),
 }
 
 

@@ -20,6 +20,7 @@ multitask              MultiTask (ClassNSeg)                       :mod:`.classn
 multitask_ensfer       MultiTask+EnsFER                            :mod:`.classnseg`
 dcnn                   DCNN (Raghavendra et al., Table III)        :mod:`.dcnn` (ProCRC: :mod:`.procrc`)
 capsule_forensics      Capsule-Forensics (v1; Table III)           :mod:`.capsule_forensics`
+two_stream             Two-stream (Zhou et al.; Table III)         :mod:`.two_stream` (:mod:`.patch_triplet`)
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -42,6 +43,7 @@ _REGISTRY = {
     "multitask_ensfer": ("classnseg", "MultiTaskEnsFER"),
     "dcnn": ("dcnn", "DCNN"),
     "capsule_forensics": ("capsule_forensics", "CapsuleForensics"),
+    "two_stream": ("two_stream", "TwoStream"),
 }
 
 
