@@ -382,13 +382,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "the paper's body, which could not be read here.",
         "The 162-D co-occurrence histogram of 3rd-order residuals of `emdlib.baselines.steganalysis` (FF++'s Steg. "
         "Features: one SRM submodel, grey level) of each patch of a centred grid of non-overlapping patches of "
-        "min(128, S/2) px, cut from the face at the preset's resolution (`patch_features`, `patch_grid`).",
+        "min(128, S/2) px, cut from the face at the preset's resolution (`patch_features`, `patch_grid`), "
+        "standardised per dimension by a BatchNorm before the triplet network's layers (`PatchTripletNet`).",
         "The study already computes this feature (one implementation for both baselines); a full colour rich model "
         "(tens of thousands of dimensions per patch) is not in the code base. At least 2 × 2 patches per face keep "
         "two patches of one image for every triplet.",
         "`TwoStream(patch_size)` sets the patch side; no switch gives the full rich model.",
         ("emdlib.baselines.patch_triplet.patch_features", "emdlib.baselines.patch_triplet.patch_grid",
-         "emdlib.baselines.two_stream.TwoStream(patch_size)")),
+         "emdlib.baselines.patch_triplet.PatchTripletNet", "emdlib.baselines.two_stream.TwoStream(patch_size)")),
     Deviation(
         "two-stream-face-stream", "Two-stream: the face stream's Inception-v3 without its auxiliary classifier",
         "The face classification stream is GoogLeNet (Inception-v3) fine-tuned as a tampered/authentic classifier "

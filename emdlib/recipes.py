@@ -386,15 +386,15 @@ _ZHOU_UNREAD = ("the Two-stream paper's body could not be read here (only its ab
                 "features; an SVM on its embeddings)")
 RECIPES["two_stream"] = Recipe(
     "two_stream", "Two-stream (Zhou et al., CVPRW 2017; EMD Table III)",
-    optimizer=_inferred("sgd", f"{_ZHOU}; Inception-v3 (Szegedy et al. 2016)", _ZHOU_UNREAD + "; fine-tuning an "
-                        "ImageNet CNN with SGD and momentum, as DCNN's recipe; the triplet network shares the "
-                        "optimiser"),
-    lr=_inferred(1e-3, _ZHOU, _ZHOU_UNREAD + "; the usual fine-tuning rate, as DCNN's recipe"),
-    momentum=_inferred(0.9, _ZHOU, _ZHOU_UNREAD + "; the usual SGD momentum"),
-    weight_decay=_inferred(4e-5, "Inception-v3's TF-slim training (weight decay 4e-5)",
-                           _ZHOU_UNREAD + "; Inception-v3's own weight decay"),
-    batch_size=_inferred(32, _ZHOU, _ZHOU_UNREAD + "; FF++'s batch for its ImageNet-pretrained XceptionNet; a batch "
-                         "holds 32 faces × 4 patches for the in-batch triplets"),
+    optimizer=_inferred("adam", f"{_ZHOU}; the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; the face "
+                        "stream is an ImageNet Inception-v3 fine-tuned on 299-px faces, as FF++'s XceptionNet, whose "
+                        "recipe (Adam at default moments) it takes; the triplet network shares the optimiser"),
+    lr=_inferred(2e-4, "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; FF++'s fine-tuning rate of its "
+                 "ImageNet XceptionNet on 299-px faces"),
+    **_adam_defaults("inferred", "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; Adam's defaults"),
+    weight_decay=_inferred(0.0, "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; " + _NO_WD),
+    batch_size=_inferred(32, "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; FF++'s batch for its "
+                         "ImageNet XceptionNet; a batch holds 32 faces × 4 patches for the in-batch triplets"),
     warmup_epochs=_inferred(0, _ZHOU, "the face stream is fine-tuned whole; no frozen phase is known"),
     epochs=_inferred(20, _ZHOU, _ZHOU_UNREAD + "; it gets EMD's 20 full epochs (§IV-B), the budget of the method "
                      "it is compared with"),

@@ -43,6 +43,17 @@ def test_patches_too_small_are_refused() -> None:
         patch_triplet.patch_grid(np.zeros((8, 8, 3)))
 
 
+def test_torch_histograms_equal_the_numpy_reference() -> None:
+    from emdlib.baselines.steganalysis import steg_features
+
+    grey = np.random.default_rng(0).integers(0, 256, (5, 20, 17)).astype(np.float64)
+    ours = patch_triplet.steg_histograms(torch.from_numpy(grey))
+    assert ours.dtype == torch.float64 and ours.shape == (5, 162)
+    assert np.array_equal(ours.numpy(), steg_features(grey, crop=None))  # bit for bit
+    with pytest.raises(ValueError, match=r"at least 7 px, got shape \(2, 6, 9\)"):
+        patch_triplet.steg_histograms(torch.zeros(2, 6, 9, dtype=torch.float64))
+
+
 def test_patch_features_are_the_steganalysis_features_of_each_patch() -> None:
     from emdlib.baselines.steganalysis import shared_input_to_uint8, steg_features
 
@@ -50,9 +61,11 @@ def test_patch_features_are_the_steganalysis_features_of_each_patch() -> None:
     feats = patch_triplet.patch_features(image)
     assert feats.shape == (2, 4, 162) and feats.dtype == torch.float32
     torch.testing.assert_close(feats[..., :81].sum(-1), torch.ones(2, 4))  # each 81-bin histogram sums to 1
-    rgb = shared_input_to_uint8(image)
+    rgb = shared_input_to_uint8(image)  # the reference path: uint8 RGB on the host, NumPy features per patch
+    reference = steg_features(patch_triplet.patch_grid(rgb, 128).reshape(8, 32, 32, 3), crop=None)
+    assert np.array_equal(feats.reshape(8, 162).numpy(), reference.astype(np.float32))
     bottom_right = steg_features(rgb[1:2, 32:, 32:], crop=None)[0]  # image 1, patch 3
-    torch.testing.assert_close(feats[1, 3], torch.from_numpy(bottom_right.astype(np.float32)))
+    assert np.array_equal(feats[1, 3].numpy(), bottom_right.astype(np.float32))
 
 
 def test_in_batch_triplets_and_their_loss_worked_by_hand() -> None:
@@ -77,7 +90,8 @@ def test_the_embedding_is_unit_norm() -> None:
     out = net(torch.randn(2, 4, 162))
     assert out.shape == (2, 4, 128)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 4))
-    assert sum(p.numel() for p in net.parameters()) == (162 * 256 + 256) + (256 * 256 + 256) + (256 * 128 + 128)
+    # BatchNorm's scale and shift, then the three layers
+    assert sum(p.numel() for p in net.parameters()) == 2 * 162 + (162 * 256 + 256) + (256 * 256 + 256) + (256 * 128 + 128)
 
 
 def test_linear_svm_separates_a_toy_set_and_refuses_one_class() -> None:
@@ -107,7 +121,7 @@ def test_parameter_counts() -> None:
     # torchvision's Inception-v3 (the paper publishes no count); our face stream drops the auxiliary classifier and
     # replaces fc (2048·1000 + 1000) with a 2-class one (2048·2 + 2)
     assert parameter_counts() == {"inception_v3": 27_161_264, "inception_v3_no_aux": 23_834_568,
-                                  "face_stream": 23_834_568 - 2_049_000 + 4_098, "patch_triplet": 140_416}
+                                  "face_stream": 23_834_568 - 2_049_000 + 4_098, "patch_triplet": 140_740}
 
 
 def test_output_contract_before_the_svm_is_fitted(model) -> None:
@@ -119,7 +133,7 @@ def test_output_contract_before_the_svm_is_fitted(model) -> None:
     torch.testing.assert_close(out.logits, out.extras["face_logits"])
     assert not model.classifier_fitted and model.face_size == 75  # 64-px faces upsampled to Inception's minimum
     assert model.face_input(_batch()["image"]).shape == (4, 3, 75, 75)
-    assert sum(p.numel() for p in model.parameters()) == 21_789_666 + 140_416
+    assert sum(p.numel() for p in model.parameters()) == 21_789_666 + 140_740
 
 
 def test_fusion_sums_the_face_log_odds_and_the_mean_patch_svm_score(model) -> None:
@@ -226,6 +240,6 @@ def test_the_study_builds_two_stream_from_its_recipe_and_the_preset() -> None:
     assert initial_weights(get_preset("cpu"), system) == {"source": "random"}
     recipe = RECIPES["two_stream"]
     assert recipe.sized_input and recipe.optimizer_settings() == {
-        "optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 4e-5}
+        "optimizer": "adam", "lr": 2e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
     assert scale_epochs(recipe, get_preset("cpu").emd) == (0, 6)
     assert math.isclose(recipe.classifier.value["svm_c"], 1.0)
