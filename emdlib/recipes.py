@@ -412,9 +412,9 @@ RECIPES["two_stream"] = Recipe(
     classifier=_inferred({"svm_c": two_stream.SVM_C, "max_svm_patches": two_stream.MAX_SVM_PATCHES,
                           "patch_size": patch_triplet.PATCH_SIZE},
                          f"{_ZHOU} abstract (an SVM on the triplet network's patch embeddings)",
-                         "C is scikit-learn's default (as Steg. Features + SVM); patches of 128 px as FF++'s "
-                         "steganalysis crop; the SVM sees at most "
-                         f"{two_stream.MAX_SVM_PATCHES:,} training patches (a seeded subset)"),
+                         "C is scikit-learn's default (as Steg. Features + SVM), Platt-calibrated on 3-fold "
+                         "cross-validated decision values; patches of 128 px as FF++'s steganalysis crop; the SVM "
+                         f"sees at most {two_stream.MAX_SVM_PATCHES:,} training patches (a seeded subset)"),
     sized_input=True,
 )
 

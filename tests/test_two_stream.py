@@ -94,15 +94,25 @@ def test_the_embedding_is_unit_norm() -> None:
     assert sum(p.numel() for p in net.parameters()) == 2 * 162 + (162 * 256 + 256) + (256 * 256 + 256) + (256 * 128 + 128)
 
 
-def test_linear_svm_separates_a_toy_set_and_refuses_one_class() -> None:
+def test_calibrated_svm_gives_the_log_odds_of_calibratedclassifiercv_and_refuses_bad_labels() -> None:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
     rng = np.random.default_rng(0)
-    y = np.arange(40) % 2
-    x = rng.normal(size=(40, 5)) * 0.3 + np.where(y[:, None] == 1, 1.0, -1.0)
-    w, b = patch_triplet.fit_linear_svm(x, y)
+    y = np.arange(60) % 2
+    x = rng.normal(size=(60, 5)) + np.where(y[:, None] == 1, 0.8, -0.8)
+    w, b = patch_triplet.fit_calibrated_svm(x, y, c=1.0, seed=0)
     assert w.shape == (5,) and w.dtype == np.float32
-    assert np.array_equal((x @ w + b > 0).astype(int), y)
+    # the same fit through scikit-learn's own API: our linear log-odds are logit(predict_proba)
+    ref = CalibratedClassifierCV(LinearSVC(C=1.0, dual="auto", max_iter=10_000, random_state=0), method="sigmoid",
+                                 cv=3, ensemble=False).fit(x, y)
+    p = ref.predict_proba(x)[:, 1]
+    np.testing.assert_allclose(x @ w + b, np.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+    assert ((x @ w + b > 0) == y).mean() > 0.85  # a well-separated toy set
     with pytest.raises(ValueError, match=r"patches of both classes, got classes \[1\]"):
-        patch_triplet.fit_linear_svm(x, np.ones(40, dtype=int))
+        patch_triplet.fit_calibrated_svm(x, np.ones(60, dtype=int))
+    with pytest.raises(ValueError, match=r"at least 3 patches of each class, got \{0: 58, 1: 2\}"):
+        patch_triplet.fit_calibrated_svm(x, (np.arange(60) >= 58).astype(int))
 
 
 # ---------------------------------------------------------------------------------------------------- TwoStream

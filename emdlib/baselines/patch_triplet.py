@@ -2,12 +2,13 @@
 Detection", CVPRW 2017; EMD Table III's "Two-stream" [61]): steganalysis features of image patches, embedded by a
 network trained with a triplet loss, and a linear SVM on the embeddings scoring each patch.
 
-What the paper states (its abstract, arXiv:1803.11276): "train a patch based triplet network to leverage features
-capturing local noise residuals and camera characteristics as a second stream"; the triplet loss pulls patches of the
-same image together and pushes patches of different images apart, so the embedding encodes in-camera traces; an SVM
-on the embeddings scores patches, and an image's patch score is their average. The paper's body (patch size, the
-rich-model feature set, the network's layers, the SVM's settings) could not be read where this was written; every
-such value here is *inferred* (recipe ``two_stream``, deviations ``two-stream-*``). Here:
+What the paper states in its abstract (arXiv:1803.11276): "train a patch based triplet network to leverage features
+capturing local noise residuals and camera characteristics as a second stream". A third-party summary adds: the
+features are steganalysis features of patches, and the triplet loss pulls patches of the same image together and
+pushes patches of different images apart, so the embedding encodes in-camera traces; an SVM on the embeddings scores
+patches. The paper's body (patch size, the rich-model feature set, the network's layers, the SVM's settings, how
+patch scores make an image's) could not be read where this was written; every such value here is *inferred* (recipe
+``two_stream``, deviations ``two-stream-*``); the image's patch score is the mean of its patches'. Here:
 
 * **Patches** (:func:`patch_grid`): the face crop at the preset's resolution (never resized: resizing changes the
   noise residuals) cut into a centred grid of non-overlapping ``p × p`` patches, ``p = min(patch_size, S // 2)`` so
@@ -30,8 +31,9 @@ such value here is *inferred* (recipe ``two_stream``, deviations ``two-stream-*`
   batch: ``N · P`` triplets per batch, no sampling, every patch an anchor once. The loss is PyTorch's
   :func:`torch.nn.functional.triplet_margin_loss` (Euclidean distance, margin 0.2 — FaceNet's α, *inferred*),
   averaged.
-* **SVM** (:func:`fit_linear_svm`): scikit-learn's ``LinearSVC`` on the embeddings of the training patches, each
-  labelled with its face's label (1 = fake); the patch score is its decision value ``w·e + b``.
+* **SVM** (:func:`fit_calibrated_svm`): scikit-learn's ``LinearSVC`` on the embeddings of the training patches,
+  each labelled with its face's label (1 = fake), Platt-calibrated on cross-validated decision values (scikit-learn's
+  ``CalibratedClassifierCV``); the patch score is the calibrated log-odds of fake, still linear: ``w·e + b``.
 """
 
 from __future__ import annotations
@@ -183,17 +185,31 @@ def triplet_loss(embeddings: torch.Tensor, margin: float = MARGIN) -> torch.Tens
     return F.triplet_margin_loss(*in_batch_triplets(embeddings.float()), margin=margin, p=2)
 
 
-def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, max_iter: int = 10_000
-                   ) -> tuple[np.ndarray, float]:
+def fit_calibrated_svm(x: np.ndarray, y: np.ndarray, c: float = 1.0, seed: int = 0, folds: int = 3,
+                       max_iter: int = 10_000) -> tuple[np.ndarray, float]:
     """Fit scikit-learn's ``LinearSVC`` (squared hinge, L2 penalty, ``C = c``) on ``x`` ``(M, D)`` with labels ``y``
-    ``(M,)`` in {0, 1} (1 = fake); returns ``(weight (D,), bias)`` so that ``x @ weight + bias`` is its decision
-    value (> 0 ⇒ fake). Raises ValueError when ``y`` holds one class only or the shapes disagree."""
+    ``(M,)`` in {0, 1} (1 = fake), Platt-calibrated: ``CalibratedClassifierCV(method="sigmoid", cv=folds,
+    ensemble=False)`` fits the sigmoid ``P(fake | d) = 1 / (1 + exp(a·d + b))`` on the SVM's decision values ``d``
+    predicted across ``folds`` stratified folds (unshuffled: neighbouring, i.e. same-video, patches stay in one
+    fold), then the SVM on all of ``x``. Returns ``(weight (D,), bias)`` of the calibrated log-odds: ``x @ weight +
+    bias = −(a·d + b) = logit P(fake)``, linear in ``x`` (``weight = −a·w``, ``bias = −(a·w₀ + b)``).
+    Raises ValueError when ``y`` holds one class only, fewer than ``folds`` patches of a class, or shapes disagree."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import LinearSVC
 
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"expected features (M, D) and labels (M,), got {x.shape} and {y.shape}")
-    if np.unique(y).size < 2:
-        raise ValueError(f"the patch SVM needs patches of both classes, got classes {np.unique(y).tolist()}")
-    svm = LinearSVC(C=c, dual="auto", max_iter=max_iter).fit(x, y)
-    return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2:
+        raise ValueError(f"the patch SVM needs patches of both classes, got classes {classes.tolist()}")
+    if counts.min() < folds:
+        raise ValueError(f"the patch SVM's {folds}-fold calibration needs at least {folds} patches of each class, got "
+                         f"{dict(zip(classes.tolist(), counts.tolist()))}")
+    svm = LinearSVC(C=c, dual="auto", max_iter=max_iter, random_state=seed)
+    fitted = CalibratedClassifierCV(svm, method="sigmoid", cv=folds, ensemble=False).fit(x, y)
+    calibrated = fitted.calibrated_classifiers_[0]
+    svm, sigmoid = calibrated.estimator, calibrated.calibrators[0]
+    weight = -sigmoid.a_ * svm.coef_[0]
+    bias = -(sigmoid.a_ * svm.intercept_[0] + sigmoid.b_)
+    return weight.astype(np.float32), float(bias)

@@ -9,8 +9,9 @@ classifier on faces resized to 299 × 299); every value it would fix is *inferre
 
 * **Face classification stream**: torchvision's ``inception_v3`` (GoogLeNet Inception-v3; ImageNet weights
   ``Inception_V3_Weights.IMAGENET1K_V1`` with ``pretrained``), its 1000-class ``fc`` replaced by a 2-class layer. Its
-  auxiliary classifier is removed (``aux_logits`` off, as torchvision does for inference): the paper mentions none
-  for fine-tuning, and the 2-class main head is the stream's output (deviation ``two-stream-face-stream``).
+  auxiliary classifier is removed (``aux_logits`` off, as torchvision does for inference): no source read here
+  mentions one in fine-tuning, and the 2-class main head is the stream's output (deviation
+  ``two-stream-face-stream``; *inferred*).
 * **Input** (:meth:`TwoStream.face_input`, the one place): the shared ``(x - 0.5) / 0.5`` face is what the ported
   Inception-v3 weights expect (TensorFlow's ``[-1, 1]`` input; torchvision's ``transform_input`` converts
   ImageNet-normalised input *to* it, so it is off here), resized (bilinear, antialiased) to ``face_size =
@@ -26,12 +27,12 @@ classifier on faces resized to 299 × 299); every value it would fix is *inferre
   fits the linear SVM (at most ``max_svm_patches`` patches, a seeded uniform subset). Its weight and bias are
   buffers of the state dict (fixed sizes: the checkpoint rebuilds through :mod:`emdlib.registry` as built).
 * **Fusion** (:meth:`TwoStream.forward`): the face stream's log-odds of fake ``z_f = l₁ − l₀`` plus the patch
-  stream's score ``z_p`` = the mean SVM decision value over the face's patches: ``z = z_f + z_p``, returned as the
-  logits ``(−z/2, z/2)`` so that P(fake) = σ(z) (deviation ``two-stream-fusion``: the paper sums the two streams'
-  scores; how each is scaled is inferred). Before the SVM is fitted (training, model selection) the logits are the
-  face stream's.
+  stream's ``z_p`` = the mean over the face's patches of the SVM's Platt-calibrated log-odds: ``z = z_f + z_p``,
+  returned as the logits ``(−z/2, z/2)`` so that P(fake) = σ(z) — the sum of two log-odds, as a naive-Bayes fusion of
+  two calibrated scores (deviation ``two-stream-fusion``: the two streams' scores are fused; how is *inferred*).
+  Before the SVM is fitted (training, model selection) the logits are the face stream's.
 * **Output**: ``DetectorOutput.logits`` ``(N, 2)``, no mask; ``extras``: ``face_logits`` ``(N, 2)``,
-  ``patch_embeddings`` ``(N, P, 128)`` and, once fitted, ``patch_scores`` ``(N, P)``.
+  ``patch_embeddings`` ``(N, P, 128)`` and, once fitted, ``patch_scores`` ``(N, P)`` (calibrated log-odds).
 
 Parameter counts (:func:`parameter_counts`): torchvision's Inception-v3 has 27,161,264 parameters with its auxiliary
 classifier and 1000 classes, 23,834,568 without; the face stream (2 classes, no auxiliary classifier) 21,789,666;
@@ -186,9 +187,10 @@ class TwoStream(DetectorNet):
 
     @torch.no_grad()
     def fit_classifier(self, batches: Iterable[Mapping[str, Any]]) -> bool:
-        """Fit the patch SVM on the embeddings of every patch of ``batches`` (the unaugmented training split; each a
-        mapping with ``image`` ``(B, 3, S, S)`` and ``label`` ``(B,)``), each patch labelled with its face's label; a
-        seeded uniform subset of at most ``max_svm_patches`` patches when there are more. Replaces an earlier fit.
+        """Fit the Platt-calibrated patch SVM (:func:`emdlib.baselines.patch_triplet.fit_calibrated_svm`) on the
+        embeddings of every patch of ``batches`` (the unaugmented training split; each a mapping with ``image``
+        ``(B, 3, S, S)`` and ``label`` ``(B,)``), each patch labelled with its face's label; a seeded uniform subset of
+        at most ``max_svm_patches`` patches when there are more. Replaces an earlier fit.
         Returns True. Raises ValueError when ``batches`` hold no image or one class only."""
         device = self.svm_weight.device
         was_training = self.training
@@ -206,7 +208,7 @@ class TwoStream(DetectorNet):
             keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[: self.max_svm_patches]
             log.info("patch SVM: a seeded subset of %d of %d training patches", self.max_svm_patches, len(x))
             x, y = x[keep], y[keep]
-        weight, bias = patch_triplet.fit_linear_svm(x.numpy(), y.numpy(), self.svm_c)
+        weight, bias = patch_triplet.fit_calibrated_svm(x.numpy(), y.numpy(), self.svm_c, self.seed)
         self.svm_weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
         self.svm_bias.fill_(bias)
         self.svm_fitted.fill_(True)
