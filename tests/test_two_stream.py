@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from emdlib.baselines import patch_triplet
 from emdlib.models.detector import DetectorOutput
