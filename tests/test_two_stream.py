@@ -127,7 +127,7 @@ def model():
 def test_parameter_counts() -> None:
     from emdlib.baselines.two_stream import parameter_counts
 
-    # torchvision's Inception-v3 (the paper publishes no count); our face stream drops the auxiliary classifier and
+    # torchvision's Inception-v3 (no count from the paper is known); our face stream drops the auxiliary classifier and
     # replaces fc (2048·1000 + 1000) with a 2-class one (2048·2 + 2)
     assert parameter_counts() == {"inception_v3": 27_161_264, "inception_v3_no_aux": 23_834_568,
                                   "face_stream": 23_834_568 - 2_049_000 + 4_098, "patch_triplet": 140_740}

@@ -36,7 +36,7 @@ classifier on faces resized to 299 × 299); every value it would fix is *inferre
 
 Parameter counts (:func:`parameter_counts`): torchvision's Inception-v3 has 27,161,264 parameters with its auxiliary
 classifier and 1000 classes, 23,834,568 without; the face stream (2 classes, no auxiliary classifier) 21,789,666;
-the patch triplet network 140,740. The paper publishes no count.
+the patch triplet network 140,740. No count from the paper is known here (its body could not be read).
 """
 
 from __future__ import annotations
