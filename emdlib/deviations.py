@@ -493,6 +493,61 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "MultiTask, also decided by activations, uses. The probabilities are not calibrated (about 0.27–0.73 "
         "once trained).",
         None, ("emdlib.baselines.forensic_transfer.activations_to_logits",)),
+    # ------------------------------------------------------------------------------ Two-stream (EMD Table III)
+    Deviation(
+        "two-stream-features", "Two-stream: the patch stream's steganalysis features",
+        "Zhou et al. (CVPRW 2017) feed their patch triplet network steganalysis features \"capturing local noise "
+        "residuals and camera characteristics\" (a colour rich model); the feature set and the patch size are in "
+        "the paper's body, which could not be read here.",
+        "The 162-D co-occurrence histogram of 3rd-order residuals of `emdlib.baselines.steganalysis` (FF++'s Steg. "
+        "Features: one SRM submodel, grey level) of each patch of a centred grid of non-overlapping patches of "
+        "min(128, S/2) px, cut from the face at the preset's resolution (`patch_features`, `patch_grid`), "
+        "standardised per dimension by a BatchNorm before the triplet network's layers (`PatchTripletNet`).",
+        "The study already computes this feature (one implementation for both baselines); a full colour rich model "
+        "(tens of thousands of dimensions per patch) is not in the code base. At least 2 × 2 patches per face keep "
+        "two patches of one image for every triplet.",
+        "`TwoStream(patch_size)` sets the patch side; no switch gives the full rich model.",
+        ("emdlib.baselines.patch_triplet.patch_features", "emdlib.baselines.patch_triplet.patch_grid",
+         "emdlib.baselines.patch_triplet.PatchTripletNet", "emdlib.baselines.two_stream.TwoStream(patch_size)")),
+    Deviation(
+        "two-stream-face-stream", "Two-stream: the face stream's Inception-v3 without its auxiliary classifier",
+        "The face classification stream is GoogLeNet (Inception-v3) fine-tuned as a tampered/authentic classifier "
+        "on 299-px faces; whether its auxiliary classifier trains is not known here.",
+        "torchvision's `inception_v3` with a 2-class `fc`, auxiliary classifier removed, on the shared [-1, 1] input "
+        "resized to max(input size, 75) px: 299 px in the paper preset; the cpu preset's 64-px faces are upsampled "
+        "to 75 px, Inception-v3's smallest input.",
+        "The main head is the stream's score; the auxiliary head only regularises ImageNet training from scratch. "
+        "Inception-v3's stride-32 layers fail below 75 px.",
+        None, ("emdlib.baselines.two_stream.TwoStream.face_input", "emdlib.baselines.two_stream.MIN_FACE_SIZE")),
+    Deviation(
+        "two-stream-joint-training", "Two-stream: both streams train in one loop, triplets formed inside a batch",
+        "The face stream is fine-tuned with its classification loss and the patch network trained with a triplet "
+        "loss (patches of one image close, of different images apart); the schedule and the triplet sampling are "
+        "not known here.",
+        "One model holds both streams and trains them on the same batches with the sum of the face cross-entropy and "
+        "the triplet loss; triplets: anchor = patch k of face n, positive = patch k+1 of face n, negative = patch k "
+        "of face n+1 of the batch (`in_batch_triplets`); the checkpoint is selected by the face stream's validation "
+        "accuracy, then the patch SVM is fitted on it.",
+        "The streams share no parameter, so the summed loss gives each exactly its own gradient; the cyclic "
+        "in-batch triplets use every patch once as an anchor with no sampling state.",
+        None, ("emdlib.baselines.two_stream.TwoStream.compute_loss",
+               "emdlib.baselines.patch_triplet.in_batch_triplets", "emdlib.study.experiments._run_torch")),
+    Deviation(
+        "two-stream-fusion", "Two-stream: the patch SVM's training patches and the fusion of the two scores",
+        "An SVM on the triplet embeddings scores patches, and the two streams' scores are fused; the patch labels, "
+        "how patch scores make an image's and how the two scores are scaled and combined are not known here.",
+        "Every patch of a fake face is labelled fake; scikit-learn's LinearSVC (C = 1) is fitted on at most 200,000 "
+        "training patches (a seeded subset) and Platt-calibrated on 3-fold cross-validated decision values "
+        "(`CalibratedClassifierCV`, `fit_calibrated_svm`); P(fake) = σ(z_face + mean patch log-odds), z_face the "
+        "face stream's log-odds (`TwoStream.forward`).",
+        "FF++ faces are manipulated across the face crop, which our patches tile. Summing log-odds is the naive-Bayes "
+        "fusion of two calibrated scores; a raw SVM margin is on no common scale with the face stream's log-odds "
+        "(on the cpu cell, uncalibrated margins averaged 0.1 in magnitude against the face stream's 1.5, so the "
+        "face stream alone decided).",
+        "`TwoStream(max_svm_patches)` at least the number of training patches uses every one.",
+        ("emdlib.baselines.two_stream.TwoStream.forward", "emdlib.baselines.two_stream.TwoStream.fit_classifier",
+         "emdlib.baselines.two_stream.TwoStream(max_svm_patches)",
+         "emdlib.baselines.patch_triplet.fit_calibrated_svm")),
 )
 
 

@@ -445,6 +445,47 @@ RECIPES["forensic_transfer"] = Recipe(
 )
 
 
+from emdlib.baselines import patch_triplet, two_stream  # noqa: E402 (beside its entry: no parallel collisions)
+
+_ZHOU = "ZHOU: Zhou, Han, Morariu, Davis, CVPRW 2017 (arXiv:1803.11276)"
+_ZHOU_UNREAD = ("the Two-stream paper's body could not be read here (only its abstract and a third-party summary: "
+                "GoogLeNet Inception-v3 fine-tuned on 299-px faces; a triplet network on patch steganalysis "
+                "features; an SVM on its embeddings)")
+RECIPES["two_stream"] = Recipe(
+    "two_stream", "Two-stream (Zhou et al., CVPRW 2017; EMD Table III)",
+    optimizer=_inferred("adam", f"{_ZHOU}; the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; the face "
+                        "stream is an ImageNet Inception-v3 fine-tuned on 299-px faces, as FF++'s XceptionNet, whose "
+                        "recipe (Adam at default moments) it takes; the triplet network shares the optimiser"),
+    lr=_inferred(2e-4, "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; FF++'s fine-tuning rate of its "
+                 "ImageNet XceptionNet on 299-px faces"),
+    **_adam_defaults("inferred", "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; Adam's defaults"),
+    weight_decay=_inferred(0.0, "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; " + _NO_WD),
+    batch_size=_inferred(32, "the study's XceptionNet (FF++ appendix)", _ZHOU_UNREAD + "; FF++'s batch for its "
+                         "ImageNet XceptionNet; a batch holds 32 faces × 4 patches for the in-batch triplets"),
+    warmup_epochs=_inferred(0, _ZHOU, "the face stream is fine-tuned whole; no frozen phase is known"),
+    epochs=_inferred(20, _ZHOU, _ZHOU_UNREAD + "; it gets EMD's 20 full epochs (§IV-B), the budget of the method "
+                     "it is compared with"),
+    augmentation=_inferred("none", _ZHOU, _ZHOU_UNREAD + "; flips would pair mirrored noise patterns in the "
+                           "steganalysis features, and no augmentation is known to be used"),
+    input_size=_inferred(two_stream.INPUT_SIZE, "Inception-v3's ImageNet input; third-party summary of ZHOU "
+                         "(\"input faces are resized to 299×299\")", _ZHOU_UNREAD + "; 299 px is Inception-v3's "
+                         "own size and the summary's"),
+    loss=_inferred(f"face stream softmax cross-entropy + in-batch triplet loss (margin {patch_triplet.MARGIN})",
+                   f"{_ZHOU} abstract (triplet network); FaceNet (Schroff et al. 2015) margin",
+                   "each stream trained with its own loss; summing the losses of streams that share no parameter "
+                   "trains each on the same batches (deviation `two-stream-joint-training`)"),
+    model_selection=_inferred("best validation accuracy (face stream), then the patch SVM fitted once", _ZHOU,
+                              _SELECT),
+    classifier=_inferred({"svm_c": two_stream.SVM_C, "max_svm_patches": two_stream.MAX_SVM_PATCHES,
+                          "patch_size": patch_triplet.PATCH_SIZE},
+                         f"{_ZHOU} abstract (an SVM on the triplet network's patch embeddings)",
+                         "C is scikit-learn's default (as Steg. Features + SVM), Platt-calibrated on 3-fold "
+                         "cross-validated decision values; patches of 128 px as FF++'s steganalysis crop; the SVM "
+                         f"sees at most {two_stream.MAX_SVM_PATCHES:,} training patches (a seeded subset)"),
+    sized_input=True,
+)
+
+
 def recipe_for(kind: str) -> Recipe:
     """The recipe of a system kind; KeyError naming the known kinds."""
     try:

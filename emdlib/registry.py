@@ -127,6 +127,9 @@ MODELS: dict[str, Entry] = {
                        pretrained=True),
     "forensic_transfer": Entry("emdlib.baselines.forensic_transfer:ForensicTransfer",
                                {"input_size": INT, "residual": BOOL}),
+    "two_stream": Entry("emdlib.baselines.two_stream:TwoStream",
+                        {"input_size": INT, "patch_size": INT, "margin": FLOAT, "svm_c": FLOAT, "max_svm_patches": INT,
+                         "seed": INT}, pretrained=True),
 }
 
 

@@ -23,6 +23,7 @@ capsule_forensics      Capsule-Forensics (v1; Table III)           :mod:`.capsul
 lae                    LAE (Du et al., CIKM 2020; Table III)       :mod:`.lae`
 face_xray              Face X-ray (Table III)                      :mod:`.face_xray` (blended faces: :mod:`emdlib.data.blending`)
 forensic_transfer      FT-res (ForensicTransfer, residual input)   :mod:`.forensic_transfer`
+two_stream             Two-stream (Zhou et al.; Table III)         :mod:`.two_stream` (:mod:`.patch_triplet`)
 =====================  ==========================================  =========================================
 
 Constructors import their module on first use, so ``import emdlib.baselines`` stays light (no timm/sklearn).
@@ -48,6 +49,7 @@ _REGISTRY = {
     "lae": ("lae", "LAE"),
     "face_xray": ("face_xray", "FaceXray"),
     "forensic_transfer": ("forensic_transfer", "ForensicTransfer"),
+    "two_stream": ("two_stream", "TwoStream"),
 }
 
 

@@ -63,18 +63,20 @@ PROCRC_GAMMA = 1e-2
 TORCHVISION_WEIGHTS = {"alexnet": "AlexNet_Weights", "vgg19": "VGG19_Weights"}
 
 
-def _torchvision_net(name: str, pretrained: bool | str | os.PathLike) -> nn.Module:
-    """torchvision ``alexnet`` / ``vgg19`` (1000 classes) from random weights (False), torchvision's ImageNet weights
+def _torchvision_net(name: str, pretrained: bool | str | os.PathLike, weights_enum: str | None = None,
+                     **random_kwargs: Any) -> nn.Module:
+    """torchvision ``alexnet`` / ``vgg19`` (1000 classes; or another torchvision builder ``name`` whose weights enum
+    is ``weights_enum``, e.g. Two-stream's ``inception_v3``) from random weights (False), torchvision's ImageNet weights
     (True; RuntimeError saying how to give a file when they cannot be downloaded) or a local file/folder
     (:func:`emdlib.pretrained.weights_file`, folder entries ``alexnet.*`` / ``vgg19.*``; ValueError naming the file
-    when it does not fit)."""
+    when it does not fit). ``random_kwargs`` go to the builder when it builds without torchvision's weights."""
     import torchvision.models as tvm
 
     build = getattr(tvm, name)
     if pretrained is False or pretrained is None:
-        return build(weights=None)
+        return build(weights=None, **random_kwargs)
     if pretrained is True:
-        weights = getattr(tvm, TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1
+        weights = getattr(tvm, weights_enum or TORCHVISION_WEIGHTS[name]).IMAGENET1K_V1
         try:
             return build(weights=weights)
         except Exception as e:  # urllib / OSError offline
@@ -86,7 +88,7 @@ def _torchvision_net(name: str, pretrained: bool | str | os.PathLike) -> nn.Modu
     from emdlib.pretrained import read_weights_file, weights_file
 
     path = weights_file(pretrained, name)
-    net = build(weights=None)
+    net = build(weights=None, **random_kwargs)
     try:
         net.load_state_dict(read_weights_file(path), strict=True)
     except RuntimeError as e:

@@ -72,6 +72,7 @@ SYSTEMS: dict[str, System] = {s.name: s for s in [
     System("LAE", "lae"),
     System("Face X-ray", "face_xray"),
     System("FT-res", "forensic_transfer"),
+    System("Two-stream", "two_stream"),
 ]}
 
 #: The expression-manipulation methods of Table V and Figs. 4–7.
@@ -90,14 +91,15 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
     """Constructor arguments a baseline takes from the preset (recorded in its checkpoint, so it rebuilds by name).
 
     ``xception``, ``capsule_forensics`` (its VGG-19 part), ``dcnn`` (AlexNet and VGG-19 from torchvision's
-    ImageNet weights) and ``face_xray`` (its timm HRNet, chosen by :func:`emdlib.baselines.face_xray.backbone_for`
-    from the preset's face size): ``pretrained`` as the preset. The baselines built for a fixed input size
-    (``Recipe.sized_input``) — MesoNet and ClassNSeg (256 px), Capsule-Forensics (128 px), Bayar & Stamm (a 128-px
-    crop) — take their recipe's size (:data:`emdlib.recipes.RECIPES`), or the preset's face size when that is smaller
-    (``input_size``): upsampling a 64-px face adds no information, only compute (16× at 256 px). MesoNet takes the
-    preset's ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`). A recipe's
-    ``classifier`` settings are constructor arguments (DCNN's ProCRC), and so are its ``active_learning`` ones
-    (LAE's mask fraction and rounds).
+    ImageNet weights), ``two_stream`` (its Inception-v3) and ``face_xray`` (its timm HRNet, chosen by
+    :func:`emdlib.baselines.face_xray.backbone_for` from the preset's face size): ``pretrained`` as the preset. The
+    baselines built for a fixed input size (``Recipe.sized_input``) — e.g. MesoNet and ClassNSeg (256 px),
+    Capsule-Forensics (128 px), Bayar & Stamm (a 128-px crop), Two-stream (299 px) — take their recipe's size
+    (:data:`emdlib.recipes.RECIPES`), or the preset's face size when that is smaller (``input_size``): upsampling a
+    64-px face adds no information, only compute (16× at 256 px). MesoNet takes the preset's
+    ``baseline_bn_momentum`` when set (:class:`emdlib.baselines.mesonet.MesoNet`). A recipe's ``classifier``
+    settings are constructor arguments (DCNN's ProCRC, Two-stream's patch SVM), and so are its
+    ``active_learning`` ones (LAE's mask fraction and rounds).
     """
     if system.kind == "xception":
         return {"pretrained": preset.emd.pretrained}
@@ -108,7 +110,7 @@ def baseline_kwargs(system: System, preset: Preset) -> dict[str, Any]:
         kwargs.update(recipe.classifier.value)
     if recipe.active_learning is not None:  # LAE's mask fraction and selection rounds
         kwargs.update(recipe.active_learning.value)
-    if system.kind in ("dcnn", "capsule_forensics"):  # ImageNet starts as the preset says (torchvision's weights)
+    if system.kind in ("dcnn", "capsule_forensics", "two_stream"):  # ImageNet starts as the preset says (torchvision)
         kwargs["pretrained"] = preset.emd.pretrained
     if system.kind == "mesonet" and preset.emd.baseline_bn_momentum is not None:
         kwargs["bn_momentum"] = preset.emd.baseline_bn_momentum
@@ -153,9 +155,10 @@ def build_system(study: Study, system: System) -> tuple[torch.nn.Module, dict[st
 def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
     """What ``system``'s network started from, for its run record: the ImageNet weights of EMD's encoder and of
     XceptionNet as the preset gives them (:func:`emdlib.pretrained.describe_weights`: random, timm's, or a local
-    file with its sha256) and of Capsule-Forensics' VGG-19 part
-    (:func:`emdlib.baselines.capsule_forensics.describe_vgg_weights`) and of Face X-ray's HRNet (the same as
-    XceptionNet's, under the backbone's timm name), ``{"source": "random"}`` for the other
+    file with its sha256), of Capsule-Forensics' VGG-19 part
+    (:func:`emdlib.baselines.capsule_forensics.describe_vgg_weights`), of Two-stream's Inception-v3
+    (:func:`emdlib.baselines.two_stream.describe_initial_weights`) and of Face X-ray's HRNet (the same as
+    XceptionNet's, under the backbone's timm name); ``{"source": "random"}`` for the other
     systems (their FER streams are recorded with the FER stage)."""
     from emdlib.pretrained import describe_weights
 
@@ -169,6 +172,10 @@ def initial_weights(preset: Preset, system: System) -> dict[str, Any]:
         from emdlib.baselines.dcnn import describe_initial_weights
 
         return describe_initial_weights(preset.emd.pretrained)
+    if system.kind == "two_stream":
+        from emdlib.baselines.two_stream import describe_initial_weights as describe_two_stream
+
+        return describe_two_stream(preset.emd.pretrained)
     if system.kind == "capsule_forensics":
         from emdlib.baselines.capsule_forensics import describe_vgg_weights
 
