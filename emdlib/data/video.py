@@ -2,8 +2,8 @@
 
 Frames are RGB ``uint8`` arrays ``(H, W, 3)`` everywhere in emdlib.
 
-Reading (:func:`open_video`, :func:`count_frames`, :func:`read_frames`, :func:`iter_frames`)
--------------------------------------------------------------------------------------------
+Reading (:func:`open_video`, :func:`count_frames`, :func:`read_frames`, :func:`count_and_read`, :func:`iter_frames`)
+-----------------------------------------------------------------------------------------------------------------
 Everything a reader reports — how many frames, at which times, of which size — is **what the decoder delivers**,
 never the container header: a clip cut losslessly (an MP4 edit list: the header counts 127 frames, 27 play), a
 truncated file, a variable-frame-rate phone clip and a rotated one (display matrix) all give the frames that play,
@@ -321,6 +321,36 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | None = None) -
             if last is not None and f.index >= last:
                 break
     return out
+
+
+def count_and_read(path: str | os.PathLike,
+                   choose: Callable[[int], Iterable[int]]) -> tuple[int, dict[int, np.ndarray]]:
+    """Count the frames a video decodes to (:func:`count_frames`) and decode the frames at ``choose(n)``
+    (:func:`read_frames`), in one decoding pass when the container declares the right frame count.
+
+    ``choose`` maps a frame count ``n`` to the display indices wanted (e.g. evenly spaced samples). The pass decodes
+    every frame to count them, keeping the pixels of ``choose(declared)`` where ``declared`` is the header's count;
+    only when the decoded count differs (an edit list, a truncated file: module docstring) are the frames of
+    ``choose(n)`` that were not kept decoded in a second pass. Returns ``(n, {index: RGB uint8 (H, W, 3)})``, with
+    exactly the frames :func:`read_frames` gives for ``choose(n)`` (undecodable ones absent) and the ``n`` of
+    :func:`count_frames`. Raises :class:`VideoError` when the file cannot be decoded at all.
+    """
+    out: dict[int, np.ndarray] = {}
+    with open_video(path) as video:
+        declared = video.info.declared_frames
+        guess = set(int(i) for i in choose(declared)) if declared > 0 else set()
+        n = 0
+        for f in video.frames(lambda i, t: i in guess):
+            if f.rgb is not None:
+                out[f.index] = f.rgb
+            n = f.index + 1
+    wanted = set(int(i) for i in choose(n))
+    late = sorted(i for i in wanted - guess if i < n)
+    if late:
+        log.debug("%s: %d frames decoded, header declares %d; decoding %d sampled frames again", path, n,
+                  declared, len(late))
+        out.update(read_frames(path, late))
+    return n, {i: out[i] for i in sorted(wanted) if i in out}
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:
