@@ -252,6 +252,30 @@ def test_two_workers_give_the_same_cache(prepared, world, tmp_path):
     assert _cache_files(tmp_path / "c") == _cache_files(cache_ref)
 
 
+def test_each_video_is_decoded_once_and_the_cache_is_the_two_pass_one(prepared, world, tmp_path, monkeypatch):
+    """prepare counts a video and keeps its sampled frames in one decoding pass (the detection source's crops come
+    from the detection pass, a mask is counted and read at once); the cache is byte for byte the one that counting
+    every video first and reading its frames in a second pass gives."""
+    cache_ref, _ = prepared
+    root, _ = world
+    opened: list[str] = []
+    real_open = prep.vio.open_video
+    monkeypatch.setattr(prep.vio, "open_video", lambda p, *a: opened.append(str(p)) or real_open(p, *a))
+    prepare(root, tmp_path / "one", CFG, methods=["Face2Face"], compressions=["c23"], workers=1, progress=False)
+    assert _cache_files(tmp_path / "one") == _cache_files(cache_ref)
+    counts = {p: opened.count(p) for p in opened}
+    assert max(counts.values()) == 1 and "000.mp4" in {Path(p).name for p in counts}
+
+    def two_passes(path, choose):  # the decoding prepare did before: count every frame, then read the sampled ones
+        n = prep.vio.count_frames(path)
+        wanted = list(choose(n))
+        return n, prep.vio.read_frames(path, wanted) if wanted else {}
+
+    monkeypatch.setattr(prep.vio, "count_and_read", two_passes)
+    prepare(root, tmp_path / "two", CFG, methods=["Face2Face"], compressions=["c23"], workers=1, progress=False)
+    assert _cache_files(tmp_path / "two") == _cache_files(cache_ref)
+
+
 def test_cache_refuses_other_parameters(prepared, world):
     cache, _ = prepared
     root, _ = world

@@ -121,3 +121,16 @@ def test_die_with_parent_methods(use_prctl, tmp_path):
         time.sleep(600)
     """)
     _kill9(parent, [pid])
+
+
+def test_a_worker_imports_no_torch():
+    """What a spawned prepare worker imports (the prepare module, to unpickle its jobs, and the crop encoders) leaves
+    torch out: importing it costs each worker seconds of start-up on a loaded machine, and a worker never needs it."""
+    code = ("import sys, numpy as np, emdlib.data.prepare as p\n"
+            "from emdlib.data.crop_codec import encode_crops\n"
+            "p.entry_paths('/c', 'c23', 'original', '000', 'jpeg'); encode_crops([np.zeros((8, 8, 3), np.uint8)], 'jpeg')\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

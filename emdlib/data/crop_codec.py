@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-import torch
 
 from emdlib.presets import CACHE_FORMATS
 
@@ -72,6 +71,7 @@ def encode_crops(crops: Sequence[np.ndarray], cache_format: str) -> tuple[np.nda
 def decode_crop(encoded: np.ndarray, mask: bool = False) -> np.ndarray:
     """One encoded crop (1-D uint8, JPEG or PNG) → ``(S, S, 3)`` uint8 RGB, or with ``mask`` an ``(S, S)`` uint8
     mask, by ``torchvision.io.decode_image``. Raises RuntimeError (torchvision's) for bytes that are neither."""
+    import torch  # here, not at the top: prepare's worker processes encode only and start seconds faster without it
     from torchvision.io import ImageReadMode, decode_image
 
     image = decode_image(torch.from_numpy(np.array(encoded, dtype=np.uint8)),

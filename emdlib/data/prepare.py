@@ -32,6 +32,10 @@ Cache layout (one entry per video, ``<cache>/<comp>/<Method | original>/<video>`
 * ``<cache>/boxes/<target>.json`` — the pristine detections; ``<cache>/prepare.json`` — the parameters the cache was
   built with (a rerun with other parameters is refused); ``<cache>/manifest.csv`` and ``<cache>/summary.json``.
 
+Decoding: each video (and mask) is decoded once — counted and its sampled frames kept in the same pass
+(:func:`emdlib.data.video.count_and_read`; a second pass only when the header's frame count is wrong) — and the
+pristine detection source's crops are made from the frames decoded for detection.
+
 Every write is atomic (``emdlib.io``); a killed run resumes where it stopped and yields the same bytes. Bad inputs
 (empty or truncated files, non-videos, clips without faces, absent originals or masks, frame-count mismatches) never
 stop the batch: each becomes manifest rows with a status and a reason, counted in the summary.
@@ -185,10 +189,14 @@ class _Boxes:
         # decoded a second time
         self.crops: dict[int, np.ndarray] = {}
 
-    def ensure(self, indices: Iterable[int], count: Callable[[str], int] | None = None) -> None:
-        """Detect the faces of the pristine frames in ``indices`` not detected yet (``count``: the frame counter,
-        :func:`frame_count` or one that remembers the group's counts)."""
-        count = count or frame_count
+    def ensure(self, indices: Iterable[int], videos: "_Videos | None" = None) -> None:
+        """Detect the faces of the pristine frames in ``indices`` not detected yet.
+
+        ``videos``: the group's decoder (:class:`_Videos`, which remembers frame counts). When no detection exists
+        yet, the first decodable pristine candidate is counted and its frames decoded in one pass; if that video is
+        itself one of the group's videos to cache, its own sampled frames are detected in the same pass (they are
+        wanted anyway, and their crops are kept in :attr:`crops`)."""
+        videos = videos or _Videos()
         wanted = sorted(set(int(i) for i in indices))
         if self.data is not None and not Path(self.data["path"]).is_file():
             log.warning("%s: detection source %s moved; detecting again", self.path, self.data["path"])
@@ -204,24 +212,31 @@ class _Boxes:
             self.problem = ("original_missing", f"original {self.group.target} not found at any compression")
             return
         errors = []
+        cached = {it.path for it in self.group.items}
         for comp, path in self.group.pristine:
+            def choose(n: int, own: bool = path in cached) -> list[int]:
+                own_frames = set(sample_indices(n, self.group.k)) if own else set()
+                return sorted({i for i in wanted if i < n} | own_frames)
+
             try:
-                n = count(path)
+                n, frames = videos.read(path, choose)
             except vio.VideoError as e:
                 errors.append(str(e))
                 continue
             self.data = {"target": self.group.target, "compression": comp, "path": path, "n_frames": n,
                          "shape": None, "boxes": {}, "bad": []}
-            self._detect(Path(path), [i for i in wanted if i < n])
+            self._detect(Path(path), choose(n), frames)
             return
         self.problem = ("original_unreadable", "; ".join(errors))
 
-    def _detect(self, path: Path, todo: list[int]) -> None:
+    def _detect(self, path: Path, todo: list[int], frames: dict[int, np.ndarray] | None = None) -> None:
+        """Detect on frames ``todo`` of ``path`` (``frames``: already decoded, else decoded here) and save."""
         assert self.data is not None
-        try:
-            frames = vio.read_frames(path, todo) if todo else {}
-        except vio.VideoError:
-            frames = {}
+        if frames is None:
+            try:
+                frames = vio.read_frames(path, todo) if todo else {}
+            except vio.VideoError:
+                frames = {}
         for i in todo:
             img = frames.get(i)
             if img is None:
@@ -254,38 +269,50 @@ class _Boxes:
         return box, "ok", ""
 
 
-def _process_group(group: _Group) -> list[dict[str, Any]]:
-    """Cache every video of ``group``; return one result per video (``persisted`` False for crashed videos)."""
-    # 1. plan: frame count (decoded: each video is decoded once to count it) and sampled indices of every video
-    counted: dict[str, int | vio.VideoError] = {}
+class _Videos:
+    """A group's video decoding: every video is counted and its sampled frames decoded in one pass
+    (:func:`emdlib.data.video.count_and_read`), and its frame count (or why it cannot be decoded) remembered."""
 
-    def count(path: str) -> int:
-        if path not in counted:
-            try:
-                counted[path] = frame_count(path)
-            except vio.VideoError as e:
-                counted[path] = e
-        n = counted[path]
+    def __init__(self) -> None:
+        self.counts: dict[str, int | vio.VideoError] = {}
+
+    def count(self, path: str) -> int | None:
+        """The remembered frame count of ``path`` (None when not decoded yet); raises its remembered VideoError."""
+        n = self.counts.get(path)
         if isinstance(n, vio.VideoError):
             raise n
         return n
 
-    plans: dict[int, tuple[int, list[int]] | str] = {}
-    for j, item in enumerate(group.items):
+    def read(self, path: str, choose: Callable[[int], Iterable[int]]) -> tuple[int, dict[int, np.ndarray]]:
+        """``(n, {index: RGB frame})`` for the frames ``choose(n)`` of a video of ``n`` decoded frames."""
+        n = self.count(path)
+        if n is not None:
+            wanted = list(choose(n))
+            return n, vio.read_frames(path, wanted) if wanted else {}
         try:
-            n = count(item.path)
-            plans[j] = (n, sample_indices(n, group.k))
+            n, frames = vio.count_and_read(path, choose)
         except vio.VideoError as e:
-            plans[j] = str(e)
-    # 2. detect once on the pristine frames that any video needs
+            self.counts[path] = e
+            raise
+        self.counts[path] = n
+        return n, frames
+
+
+def _process_group(group: _Group) -> list[dict[str, Any]]:
+    """Cache every video of ``group``; return one result per video (``persisted`` False for crashed videos).
+
+    Each video is decoded once: counted (its sampled indices depend on its decoded frame count) and its sampled
+    frames kept in the same pass. The pristine detection source is decoded first and its sampled frames detected
+    (and cropped, when it is one of the videos to cache); any other video needing a pristine frame not detected yet
+    (a fake of another length) has it detected before its crops are made."""
+    videos = _Videos()
     boxes = _Boxes(group)
-    boxes.ensure((i for p in plans.values() if not isinstance(p, str) for i in p[1]), count)
-    # 3. crop each video (masks cached across compressions: the same mask serves c23 and c40, §B.6)
+    boxes.ensure([], videos)  # the detection source, with its own sampled frames when it is cached too
     mask_cache: dict[tuple, _MaskCrops] = {}
     results = []
-    for j, item in enumerate(group.items):
+    for item in group.items:
         try:
-            results.append(_process_item(group, item, plans[j], boxes, mask_cache))
+            results.append(_process_item(group, item, videos, boxes, mask_cache))
         except Exception as e:  # a bug or an unforeseen decoder failure must not lose the batch
             log.exception("%s: unexpected error", item.path)
             results.append({"item": asdict(item), "split": group.split, "n_frames": -1, "persisted": False,
@@ -319,17 +346,13 @@ def _mask_crops(item: _Item, n_video: int, indices: list[int], boxes: _Boxes, si
     """Read, binarise (§B.3) and crop a fake's mask at ``indices`` with the pristine boxes."""
     if item.mask is None or not Path(item.mask).is_file():
         return _MaskCrops("mask_missing", f"mask video not found: {item.mask}")
-    try:
-        n_mask = frame_count(item.mask)
+    indices = [i for i in indices if boxes.lookup(i)[0] is not None]
+    try:  # counted and read in one pass; the frames are only used when the counts agree
+        n_mask, frames = vio.count_and_read(item.mask, lambda n: indices if n == n_video else [])
     except vio.VideoError as e:
         return _MaskCrops("mask_unreadable", str(e))
     if n_mask != n_video:
         return _MaskCrops("mask_mismatch", f"mask {item.mask} has {n_mask} frames, video {item.path} has {n_video}")
-    indices = [i for i in indices if boxes.lookup(i)[0] is not None]
-    try:
-        frames = vio.read_frames(item.mask, indices) if indices else {}
-    except vio.VideoError:
-        frames = {}
     out = _MaskCrops("ok", "")
     for i in indices:
         if i not in frames:
@@ -342,21 +365,28 @@ def _mask_crops(item: _Item, n_video: int, indices: list[int], boxes: _Boxes, si
     return out
 
 
-def _process_item(group: _Group, item: _Item, plan: tuple[int, list[int]] | str, boxes: _Boxes,
+def _process_item(group: _Group, item: _Item, videos: _Videos, boxes: _Boxes,
                   mask_cache: dict) -> dict[str, Any]:
     size = group.crop_size
     is_fake = item.method != ORIGINAL
     base = {"item": asdict(item), "split": group.split, "persisted": True}
-    if isinstance(plan, str):
-        rows = [_row(-1, "unreadable_video", plan)]
-        return _write_outputs(group, item, {**base, "n_frames": -1, "frames": [], "rows": rows}, [], [])
-    n, indices = plan
-    done = boxes.crops if boxes.data is not None and item.path == boxes.data["path"] else {}
-    need = [i for i in indices if i not in done and boxes.lookup(i)[0] is not None]  # frames without a box: no decode
+    frames: dict[int, np.ndarray] | None = None
     try:
-        frames = vio.read_frames(item.path, need) if need else {}
-    except vio.VideoError:
-        frames = {}
+        n = videos.count(item.path)  # known when it is the detection source (its crops were made while detecting)
+        if n is None:
+            n, frames = videos.read(item.path, lambda m: sample_indices(m, group.k))
+    except vio.VideoError as e:
+        rows = [_row(-1, "unreadable_video", str(e))]
+        return _write_outputs(group, item, {**base, "n_frames": -1, "frames": [], "rows": rows}, [], [])
+    indices = sample_indices(n, group.k)
+    boxes.ensure(indices, videos)  # a no-op unless this video samples pristine frames not detected yet
+    done = boxes.crops if boxes.data is not None and item.path == boxes.data["path"] else {}
+    if frames is None:
+        need = [i for i in indices if i not in done and boxes.lookup(i)[0] is not None]  # no box: no decode
+        try:
+            frames = vio.read_frames(item.path, need) if need else {}
+        except vio.VideoError:
+            frames = {}
     mask_info = None
     if is_fake:  # one mask serves every compression of a fake (§B.6): read it once per group
         key = (item.method, item.video, n, tuple(indices))

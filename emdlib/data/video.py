@@ -2,8 +2,8 @@
 
 Frames are RGB ``uint8`` arrays ``(H, W, 3)`` everywhere in emdlib.
 
-Reading (:func:`open_video`, :func:`count_frames`, :func:`read_frames`, :func:`iter_frames`)
--------------------------------------------------------------------------------------------
+Reading (:func:`open_video`, :func:`count_frames`, :func:`read_frames`, :func:`count_and_read`, :func:`iter_frames`)
+-----------------------------------------------------------------------------------------------------------------
 Everything a reader reports — how many frames, at which times, of which size — is **what the decoder delivers**,
 never the container header: a clip cut losslessly (an MP4 edit list: the header counts 127 frames, 27 play), a
 truncated file, a variable-frame-rate phone clip and a rotated one (display matrix) all give the frames that play,
@@ -164,7 +164,9 @@ class VideoReader:
 
     The ``backend`` argument is ``"auto"`` (OpenCV, then PyAV) or one of the two (for comparisons); afterwards
     :attr:`backend` is the one decoding (``"opencv"`` or ``"pyav"``) and :attr:`info` the container's declarations
-    (:class:`StreamInfo`). Use as a context manager or call :meth:`close`; iterate :meth:`frames` once. Raises :class:`VideoError` when no frame can be decoded, with the reason.
+    (:class:`StreamInfo`; probed when first asked for if OpenCV decodes the file, as most readers never need it).
+    Use as a context manager or call :meth:`close`; iterate :meth:`frames` once. Raises :class:`VideoError` when no
+    frame can be decoded, with the reason.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto"):
@@ -174,6 +176,7 @@ class VideoReader:
         self.problem: str | None = None  # why decoding stopped early (PyAV decoder error), if it did
         self._cap: cv2.VideoCapture | None = None
         self._container = None
+        self._info: StreamInfo | None = None
         try:
             self._open(backend)
         except VideoError as e:
@@ -182,16 +185,17 @@ class VideoReader:
 
     def _open(self, backend: str) -> None:
         # PyAV and OpenCV share FFmpeg's demuxers: a file PyAV cannot probe (no container, no video stream, unknown
-        # codec) OpenCV cannot open either, and the probe says why
-        self.info = _probe(self.path)
+        # codec) OpenCV cannot open either, and the probe says why; a file OpenCV decodes needs no probe to open
+        check_readable(self.path, VideoError)
         if backend != "pyav":
             cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
             if cap.isOpened() and cap.grab():
                 self._cap, self.backend = cap, "opencv"
                 return
             cap.release()
-            if backend == "opencv":
-                raise VideoError(f"OpenCV cannot decode this {self.info.describe()} stream")
+        self._info = _probe(self.path)
+        if backend == "opencv":
+            raise VideoError(f"OpenCV cannot decode this {self.info.describe()} stream")
         log.debug("%s: OpenCV cannot decode %s; decoding with PyAV", self.path, self.info.describe())
         self._open_pyav()
 
@@ -214,6 +218,25 @@ class VideoReader:
                              + (f" although the header announces {self.info.declared_frames}"
                                 if self.info.declared_frames else "") + ": the file is truncated or damaged") \
                 from None
+
+    @property
+    def info(self) -> StreamInfo:
+        """What the container declares (:class:`StreamInfo`; :func:`probe`); raises :class:`VideoError` (the reader
+        is closed then) for a file OpenCV decodes but FFmpeg's probe through PyAV rejects."""
+        if self._info is None:
+            try:
+                self._info = _probe(self.path)
+            except VideoError as e:
+                self.close()
+                raise VideoError(f"{self.path}: {e}") from None
+        return self._info
+
+    def declared_frames(self) -> int:
+        """The frame count the container declares (0 when unknown) — a hint, never a count: OpenCV's reading of the
+        header while OpenCV decodes (no probe), else the probe's. Call it before :meth:`frames`."""
+        if self._cap is not None:
+            return max(0, int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        return self.info.declared_frames
 
     def _pyav_frames(self, container, stream) -> Iterator:
         import av
@@ -321,6 +344,36 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | None = None) -
             if last is not None and f.index >= last:
                 break
     return out
+
+
+def count_and_read(path: str | os.PathLike,
+                   choose: Callable[[int], Iterable[int]]) -> tuple[int, dict[int, np.ndarray]]:
+    """Count the frames a video decodes to (:func:`count_frames`) and decode the frames at ``choose(n)``
+    (:func:`read_frames`), in one decoding pass when the container declares the right frame count.
+
+    ``choose`` maps a frame count ``n`` to the display indices wanted (e.g. evenly spaced samples). The pass decodes
+    every frame to count them, keeping the pixels of ``choose(declared)`` where ``declared`` is the header's count;
+    only when the decoded count differs (an edit list, a truncated file: module docstring) are the frames of
+    ``choose(n)`` that were not kept decoded in a second pass. Returns ``(n, {index: RGB uint8 (H, W, 3)})``, with
+    exactly the frames :func:`read_frames` gives for ``choose(n)`` (undecodable ones absent) and the ``n`` of
+    :func:`count_frames`. Raises :class:`VideoError` when the file cannot be decoded at all.
+    """
+    out: dict[int, np.ndarray] = {}
+    with open_video(path) as video:
+        declared = video.declared_frames()
+        guess = set(int(i) for i in choose(declared)) if declared > 0 else set()
+        n = 0
+        for f in video.frames(lambda i, t: i in guess):
+            if f.rgb is not None:
+                out[f.index] = f.rgb
+            n = f.index + 1
+    wanted = set(int(i) for i in choose(n))
+    late = sorted(i for i in wanted - guess if i < n)
+    if late:
+        log.debug("%s: %d frames decoded, header declares %d; decoding %d sampled frames again", path, n,
+                  declared, len(late))
+        out.update(read_frames(path, late))
+    return n, {i: out[i] for i in sorted(wanted) if i in out}
 
 
 def frame_times(path: str | os.PathLike) -> np.ndarray:

@@ -29,7 +29,8 @@ from emdlib.data import faces, media, synth
 from emdlib.data.ffpp import FFPP, load_splits, read_world
 from emdlib.data.images import decode_image, read_image
 from emdlib.data.prepare import prepare, read_manifest
-from emdlib.data.video import VideoError, count_frames, frame_times, open_video, probe, read_frames, write_video
+from emdlib.data.video import (VideoError, count_and_read, count_frames, frame_times, open_video, probe, read_frames,
+                               write_video)
 from emdlib.detect import (EXIT_ALL_READ, EXIT_NONE_READ, EXIT_PARTIAL, OUTPUT_MARKER, Detector, detect, detect_file,
                            frame_sampler, iter_media)
 from emdlib.io import write_json
@@ -124,6 +125,29 @@ def test_trimmed_edit_list_clip_counts_the_frames_that_play(media_dir, meso, tmp
     assert res.ok and res.frames_total == n and not res.warnings  # not called damaged
     assert res.rows["frame"].tolist() == list(range(0, n, 5)) and res.rows["time_s"].tolist() == [
         round(i / FPS, 4) for i in range(0, n, 5)]
+
+
+def test_count_and_read_in_one_pass_equals_counting_then_reading(media_dir, tmp_path, monkeypatch):
+    """One decoding pass when the header's count is right; a second pass for the frames a wrong header (an edit
+    list) made it miss. Either way: the count of count_frames and the pixels of read_frames."""
+    cut = tmp_path / "trimmed.mp4"
+    ffmpeg("-ss", "1.3", "-i", str(media_dir / "gop.mp4"), "-t", "0.6", "-c", "copy", str(cut))
+    opened = []
+    real_open = open_video
+    monkeypatch.setattr("emdlib.data.video.open_video", lambda p, *a: opened.append(Path(p).name) or real_open(p, *a))
+
+    def last_three(n: int) -> list[int]:
+        return [n - 3, n - 2, n - 1]
+
+    for clip, passes in ((media_dir / "short.mp4", 1), (cut, 2)):
+        opened.clear()
+        n, frames = count_and_read(clip, last_three)
+        assert opened == [clip.name] * passes
+        assert n == count_frames(clip) and sorted(frames) == last_three(n)
+        ref = read_frames(clip, last_three(n))
+        assert all(np.array_equal(frames[i], ref[i]) for i in ref)
+    assert probe(cut).declared_frames > count_frames(cut)  # why the trimmed clip needs a second pass
+    assert count_and_read(media_dir / "short.mp4", lambda n: [n, n + 5]) == (10, {})  # past the end: absent
 
 
 def test_variable_frame_rate_times_come_from_the_decoder(meso, tmp_path):
