@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from emdlib.baselines import inputs

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from emdlib.data.forge import colour_match_lab
 from emdlib.data.transforms import esr_input, to_tensor, xception_input, xception_to_rgb01
-from emdlib.data.warps import BROW_L, BROW_R, EYE_L, EYE_R, JAW, MOUTH, NOSE, hull_mask, piecewise_affine_map
+from emdlib.data.warps import BROW_L, BROW_R, EYE_L, EYE_R, MOUTH, NOSE, hull_mask, piecewise_affine_map
 
 log = logging.getLogger(__name__)
 
