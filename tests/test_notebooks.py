@@ -1,8 +1,9 @@
 """Every numbered notebook, executed the way users run them (``emd reproduce``: papermill), on the ``tiny`` preset.
 
 The notebooks' ``parameters`` default to the README's main study (``cpu``, about three hours on a 2-core CPU), so
-they are not run as stored (nbmake would run that study); this runs all eight with ``preset="tiny"`` injected, as ``emd reproduce --preset
-tiny`` does, and checks what each is for: the data, the FER streams, every table, every figure and the report.
+they are not run as stored (nbmake would run that study); this runs all eight with ``preset="tiny"`` injected, as
+``emd reproduce --preset tiny`` does, and checks what each is for: the data, the FER streams, every table, every
+figure and the report.
 """
 
 from __future__ import annotations
