@@ -135,6 +135,10 @@ def _check_faces_dir(faces: Path | None) -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------------------------------------- FF++
+#: The top-level folders of a FaceForensics++ root (reference-facts §B.2): a root holding neither is not one.
+FFPP_TOP_FOLDERS: tuple[str, ...] = ("original_sequences", "manipulated_sequences")
+
+
 def check_ffpp(root: str | os.PathLike, splits_dir: str | os.PathLike, methods: Sequence[str],
                compressions: Sequence[str], decode: bool = True,
                expected_pairs: Sequence[int] | None = None) -> tuple[list[Finding], dict | None]:
@@ -147,10 +151,14 @@ def check_ffpp(root: str | os.PathLike, splits_dir: str | os.PathLike, methods: 
     """
     root, splits_dir = Path(root), Path(splits_dir)
     findings: list[Finding] = []
+    root_fix = ("give your FaceForensics++ copy with -p ffpp_root DIR (the folder holding original_sequences/ and "
+                "manipulated_sequences/)")
+    is_ffpp = root.is_dir() and any((root / top).is_dir() for top in FFPP_TOP_FOLDERS)
     if not root.is_dir():
-        findings.append(Finding(ERROR, "ffpp", f"{root}: FaceForensics++ root folder not found",
-                                fix="give your FaceForensics++ copy with -p ffpp_root DIR (the folder holding "
-                                    "original_sequences/ and manipulated_sequences/)"))
+        findings.append(Finding(ERROR, "ffpp", f"{root}: FaceForensics++ root folder not found", fix=root_fix))
+    elif not is_ffpp:  # one finding, not one per missing video folder
+        findings.append(Finding(ERROR, "ffpp", f"{root}: not a FaceForensics++ root (it holds neither "
+                                f"{' nor '.join(f + '/' for f in FFPP_TOP_FOLDERS)})", fix=root_fix))
     try:
         splits = load_splits(splits_dir)
     except (FileNotFoundError, ValueError) as e:
@@ -163,7 +171,7 @@ def check_ffpp(root: str | os.PathLike, splits_dir: str | os.PathLike, methods: 
                 WARNING, "splits", f"the split files hold {'/'.join(map(str, got))} train/val/test pairs; the "
                 f"preset expects {'/'.join(map(str, expected_pairs))}", splits_dir,
                 "use the official split files (360/70/70 pairs) unless a smaller study is intended"))
-    if not root.is_dir():
+    if not is_ffpp:
         return findings, splits
     ffpp = FFPP(root, splits_dir)
     samples: list[tuple[str, Path, Path | None]] = []  # (what, video, its mask) to decode

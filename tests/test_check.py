@@ -157,6 +157,13 @@ def test_the_paper_split_sizes_and_a_missing_root(inputs, tmp_path):
                                         "360/70/70"]
     found, _ = check.check_ffpp(tmp_path / "nowhere", inputs["ffpp"] / "splits", ("Deepfakes",), ("c23",))
     assert problems(found) == [f"{tmp_path / 'nowhere'}: FaceForensics++ root folder not found"]
+    photos = tmp_path / "photos"  # a folder that exists but is not FF++: one finding, not one per video folder
+    (photos / "neutral").mkdir(parents=True)
+    found, splits = check.check_ffpp(photos, inputs["ffpp"] / "splits", ("Deepfakes",), ("c23",))
+    assert problems(found) == [f"{photos}: not a FaceForensics++ root (it holds neither original_sequences/ nor "
+                               "manipulated_sequences/)"] and splits is not None
+    found, _ = check.check_ffpp(photos, photos / "splits", ("Deepfakes",), ("c23",))  # and without split files:
+    assert [f.topic for f in found if f.severity == ERROR] == ["ffpp", "splits"]  # the root is named first
 
 
 # ---------------------------------------------------------------------------------------------------- AffectNet
