@@ -158,6 +158,19 @@ def fer_comparison_markdown(effect: pd.DataFrame) -> str:
     return "\n".join([markdown_table(pd.DataFrame(rows), index=False), "", *[f"* {v}" for v in verdicts]])
 
 
+def not_above_chance(table: pd.DataFrame, chance: pd.DataFrame) -> list[str]:
+    """The cells of a tidy accuracy table (:mod:`emdlib.tables`, metric ``accuracy``) where ours is at or below
+    always answering the majority class of that cell's test set (``chance``: :func:`emdlib.stats.chance_levels`),
+    as ``"<row> (<column>)"``, in table order; empty for a table of another metric or without such cells."""
+    majority = {(m, c): a for m, c, a in zip(chance["method"], chance["compression"], chance["majority_accuracy"])}
+    out = []
+    for _, r in table.iterrows():
+        level = majority.get((r["method"], r["compression"]))
+        if r["metric"] == "accuracy" and r["status"] == "ours" and level is not None and r["ours"] <= level + 1e-9:
+            out.append(f"{r['row']} ({r['column']})")
+    return out
+
+
 def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
     """Write ``results/<preset>/REPORT.md``: the paper against ours, with provenance (design.md "Results").
 
@@ -194,6 +207,9 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
     for name, table in tables.items():
         out += [table_markdown(table, paths.results, paths.results, heading="###"),
                 f"CSV: [`tables/table_{name}.csv`](tables/table_{name}.csv)", ""]
+        if len(chance) and (low := not_above_chance(table, chance)):
+            out += [f"Not above the majority-class accuracy of their test set (chance levels above) on this preset, "
+                    f"so these cells say nothing about the system: {'; '.join(low)}.", ""]
 
     out += ["## Does the FER stream help?", "",
             "EMD against the same network without the FER stream (\"XceptionNet (seg)\", the Table IV row) on each "

@@ -25,3 +25,20 @@ def test_write_report(study, fake_run):
     assert "03_baselines.ipynb" in text and "12.50" in text and "| total |" in text
     assert run_name("MesoNet", "Face2Face", "c23") in text and "75.00" in text
     assert "](runs/emd__Face2Face__c23__s0/metrics.json)" in text  # provenance link, relative to REPORT.md
+
+
+def test_cells_not_above_chance_are_named():
+    import math
+
+    import pandas as pd
+
+    chance = pd.DataFrame({"method": ["Face2Face", "Face2Face"], "compression": ["c23", "c40"],
+                           "majority_accuracy": [50.0, 62.5]})
+    table = pd.DataFrame({
+        "row": ["A", "A", "B", "B", "C"], "column": ["HQ", "LQ", "HQ", "LQ", "HQ"],
+        "method": ["Face2Face"] * 5, "compression": ["c23", "c40", "c23", "c40", "c23"],
+        "metric": ["accuracy"] * 5, "status": ["ours", "ours", "ours", "ours", "not run"],
+        "ours": [50.0, 62.6, 49.0, 62.5, math.nan]})
+    # A HQ equals chance, B HQ is below it, B LQ equals the LQ cell's own majority share; A LQ is above; C has no run
+    assert report.not_above_chance(table, chance) == ["A (HQ)", "B (HQ)", "B (LQ)"]
+    assert report.not_above_chance(table.assign(metric="pixel_accuracy"), chance) == []
