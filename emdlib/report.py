@@ -41,6 +41,10 @@ def provenance(runs: pd.DataFrame, results: Path | None = None) -> pd.DataFrame:
     return df
 
 
+#: Below this many test images in a cell, the report does not offer the systems' ordering as something it can show.
+MIN_TEST_IMAGES_FOR_ORDERING = 20
+
+
 def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
     """A plain statement, derived from the preset and the records, of what its numbers can and cannot show."""
     d, e = preset.data, preset.emd
@@ -53,7 +57,8 @@ def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
         f"**Data:** {world}; {d.pairs[0]}/{d.pairs[1]}/{d.pairs[2]} train/val/test pairs (each pair: 2 pristine "
         f"videos and 2 fakes per method), {preset.prepare.train_frames} training and {preset.prepare.eval_frames} "
         f"test frames per video (paper: 720/140/140 videos, 200 and 10 frames).",
-        f"**Models:** encoder `{e.encoder}` at {e.image_size}² input, {e.warmup_epochs} warm-up + {e.epochs} epochs, "
+        f"**Models:** encoder `{e.encoder}` at {e.image_size}² input, {e.warmup_epochs} warm-up + {e.epochs} full "
+        f"epoch{'' if e.epochs == 1 else 's'}, "
         f"{'ImageNet' if e.pretrained else 'random'} initialisation; ESR with {preset.fer.branches} branches "
         f"(paper: Xception-65 at 299², 3 + 20 epochs, ImageNet weights, ESR-9).",
         f"**Cells run:** {', '.join(label(m, c) for m, c in ran) or 'none'} of the paper's "
@@ -61,13 +66,17 @@ def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
     ]
     n_test = pd.to_numeric(runs["config"].map(lambda c: (c or {}).get("n_test_images") if isinstance(c, dict)
                                               else None), errors="coerce").dropna() if "config" in runs else []
-    if len(n_test):
-        n = int(n_test.min())
+    n = int(n_test.min()) if len(n_test) else None
+    if n is not None:
         lines.append(f"**Resolution:** the smallest test set has {n} images, so one image moves an accuracy by "
-                     f"{100 / n:.1f} points; differences smaller than that, or inside the bootstrap intervals below, "
-                     "are not evidence of anything.")
-    can = ("that every system trains and is evaluated through one data path, one loop and one metric path, and the "
-           "ordering of the systems on this preset's data, within the intervals given")
+                     f"{f'{100 / n:.2f}'.rstrip('0').rstrip('.')} points; differences smaller than that, or inside "
+                     "the bootstrap intervals below, are not evidence of anything.")
+    can = "that every system trains and is evaluated through one data path, one loop and one metric path"
+    if n is None or n >= MIN_TEST_IMAGES_FOR_ORDERING:
+        can += ", and the ordering of the systems on this preset's data, within the intervals given"
+    else:
+        can += (f" — not even an ordering of the systems: fewer than {MIN_TEST_IMAGES_FOR_ORDERING} test images per "
+                "cell")
     cannot = "the paper's absolute numbers, which were measured on different data"
     if d.world != "ffpp":
         cannot += "; nor any claim about FaceForensics++ itself — the paper's columns are listed for orientation only"

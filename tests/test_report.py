@@ -42,3 +42,19 @@ def test_cells_not_above_chance_are_named():
     # A HQ equals chance, B HQ is below it, B LQ equals the LQ cell's own majority share; A LQ is above; C has no run
     assert report.not_above_chance(table, chance) == ["A (HQ)", "B (HQ)", "B (LQ)"]
     assert report.not_above_chance(table.assign(metric="pixel_accuracy"), chance) == []
+
+
+def test_preset_scope_resolution_and_what_it_can_show():
+    import pandas as pd
+
+    from emdlib.presets import get_preset
+
+    def scope(n_test: int) -> str:
+        runs = pd.DataFrame({"config": [{"n_test_images": n_test}, {"n_test_images": 2 * n_test}]})
+        return "\n".join(report.preset_scope(get_preset("cpu"), runs))
+
+    text = scope(80)  # the cpu cells: 80 test images, 100/80 = 1.25 points
+    assert "one image moves an accuracy by 1.25 points" in text and "the ordering of the systems" in text
+    assert "1 warm-up + 6 full epochs" in text
+    text = scope(8)  # tiny's 8 test images: 12.5 points, and no ordering offered
+    assert "by 12.5 points" in text and "not even an ordering of the systems" in text
