@@ -17,9 +17,10 @@ patch scores make an image's) could not be read where this was written; every su
   patches of 128 px; at the cpu preset's 64 px: 2 × 2 patches of 32 px.
 * **Features** (:func:`patch_features`): the 162-D SPAM-style co-occurrence histogram of 3rd-order residuals of
   :mod:`emdlib.baselines.steganalysis` (the SRM submodel FF++'s "Steg. Features" use) of each patch's grey level —
-  *not* the paper's full colour rich model (deviation ``two-stream-features``). :func:`steg_histograms` computes
-  them in torch on the batch's device, the reference's operations in float64 (equal to it, tested): the features
-  of every training batch are computed in the forward pass, and NumPy on the host would leave a GPU waiting.
+  *not* the paper's full colour rich model (deviation ``two-stream-features``).
+  :func:`emdlib.baselines.steganalysis.steg_histograms`, the reference's torch twin beside it, computes them on the
+  batch's device in float64 (equal to it, tested): the features of every training batch are computed in the forward
+  pass, and NumPy on the host would leave a GPU waiting.
 * **Embedding** (:class:`PatchTripletNet`): the features standardised per dimension by a ``BatchNorm1d`` (the
   network's form of the ``StandardScaler`` the Steg. Features + SVM pipeline puts before its SVM: the histogram
   bins are ~1e-2 with spreads ~4e-3, on which an unscaled perceptron barely moves — measured on the cpu cell, the
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emdlib.baselines.inputs import LUMA
-from emdlib.baselines.steganalysis import CROP_SIZE, ORDER, RESIDUAL_FACTOR, RESIDUAL_KERNEL
+from emdlib.baselines.steganalysis import CROP_SIZE, ORDER, steg_histograms
 from emdlib.data.transforms import xception_to_rgb01
 
 log = logging.getLogger(__name__)
@@ -88,45 +89,6 @@ def patch_grid(images: np.ndarray | torch.Tensor, patch_size: int = PATCH_SIZE) 
     x = x[:, top : top + gh * p, left : left + gw * p].reshape(n, gh, p, gw, p, c)
     x = x.permute(0, 1, 3, 2, 4, 5) if torch.is_tensor(x) else x.transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, gh * gw, p, p, c)
-
-
-def steg_histograms(grey: torch.Tensor, q: float = 1.0, T: int = 1) -> torch.Tensor:
-    """:func:`emdlib.baselines.steganalysis.steg_features` (steps 1–5 of its module docstring, whole image, no crop)
-    in torch, on the device of ``grey``: grey images ``(M, H, W)`` on the 0–255 scale (float64 for the reference's
-    exact arithmetic) → ``(M, 2·(2T+1)^4)`` float64, the "h" histogram then the "v" one, each summing to 1.
-
-    The same operations in the same order and precision as the NumPy reference (a test checks them equal), so that
-    a GPU computes the features of every training batch where the batch is; the reference stays the one the
-    Steg. Features + SVM baseline uses. Raises ValueError for images smaller than 7 px.
-    """
-    if grey.ndim != 3 or min(grey.shape[-2:]) < MIN_PATCH:
-        raise ValueError(f"expected grey images (M, H, W) of at least {MIN_PATCH} px, got shape {tuple(grey.shape)}")
-    k0, k1, k2, k3 = RESIDUAL_KERNEL
-    h, w = grey.shape[-2:]
-    g = grey
-    r_h = k0 * g[..., :, 0 : w - 3] + k1 * g[..., :, 1 : w - 2] + k2 * g[..., :, 2 : w - 1] + k3 * g[..., :, 3:w]
-    r_v = k0 * g[..., 0 : h - 3, :] + k1 * g[..., 1 : h - 2, :] + k2 * g[..., 2 : h - 1, :] + k3 * g[..., 3:h, :]
-
-    def quantise(r: torch.Tensor) -> torch.Tensor:  # MATLAB round (halves away from zero), then clip to [-T, T]
-        x = r / (q * RESIDUAL_FACTOR)
-        return (torch.sign(x) * torch.floor(x.abs() + 0.5)).clamp(-T, T).long() + T
-
-    base = 2 * T + 1
-    bins = base**ORDER
-
-    def cooccurrence(levels: torch.Tensor, scan: str) -> torch.Tensor:
-        lv = levels.transpose(-1, -2) if scan == "v" else levels
-        m, width = lv.shape[0], lv.shape[-1]
-        codes = torch.zeros_like(lv[..., : width - ORDER + 1])
-        for k in range(ORDER):
-            codes = codes * base + lv[..., k : width - ORDER + 1 + k]
-        offsets = torch.arange(m, device=lv.device).view(m, 1, 1) * bins
-        return torch.bincount((codes + offsets).flatten(), minlength=m * bins).view(m, bins)
-
-    q_h, q_v = quantise(r_h), quantise(r_v)
-    parallel = cooccurrence(q_h, "h") + cooccurrence(q_v, "v")
-    orthogonal = cooccurrence(q_h, "v") + cooccurrence(q_v, "h")
-    return torch.cat([c.double() / c.sum(1, keepdim=True).clamp(min=1).double() for c in (parallel, orthogonal)], 1)
 
 
 def patch_features(image: torch.Tensor, patch_size: int = PATCH_SIZE) -> torch.Tensor:

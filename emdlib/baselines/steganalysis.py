@@ -135,6 +135,46 @@ def steg_features(images: np.ndarray | Sequence[np.ndarray], q: float = 1.0, T: 
     return np.concatenate(feats, axis=1)
 
 
+def steg_histograms(grey: torch.Tensor, q: float = 1.0, T: int = 1) -> torch.Tensor:
+    """the torch twin of :func:`steg_features` (steps 1–5 of its module docstring, whole image, no crop)
+    in torch, on the device of ``grey``: grey images ``(M, H, W)`` on the 0–255 scale (float64 for the reference's
+    exact arithmetic) → ``(M, 2·(2T+1)^4)`` float64, the "h" histogram then the "v" one, each summing to 1.
+
+    The same operations in the same order and precision as the NumPy reference (a test checks them equal), so that
+    a GPU computes the features of every training batch where the batch is; the reference stays the one the
+    Steg. Features + SVM baseline uses (Two-stream's patch stream uses this one,
+    :func:`emdlib.baselines.patch_triplet.patch_features`). Raises ValueError for images smaller than 7 px.
+    """
+    if grey.ndim != 3 or min(grey.shape[-2:]) < ORDER + 3:
+        raise ValueError(f"expected grey images (M, H, W) of at least {ORDER + 3} px, got shape {tuple(grey.shape)}")
+    k0, k1, k2, k3 = RESIDUAL_KERNEL
+    h, w = grey.shape[-2:]
+    g = grey
+    r_h = k0 * g[..., :, 0 : w - 3] + k1 * g[..., :, 1 : w - 2] + k2 * g[..., :, 2 : w - 1] + k3 * g[..., :, 3:w]
+    r_v = k0 * g[..., 0 : h - 3, :] + k1 * g[..., 1 : h - 2, :] + k2 * g[..., 2 : h - 1, :] + k3 * g[..., 3:h, :]
+
+    def quantise(r: torch.Tensor) -> torch.Tensor:  # MATLAB round (halves away from zero), then clip to [-T, T]
+        x = r / (q * RESIDUAL_FACTOR)
+        return (torch.sign(x) * torch.floor(x.abs() + 0.5)).clamp(-T, T).long() + T
+
+    base = 2 * T + 1
+    bins = base**ORDER
+
+    def cooccurrence(levels: torch.Tensor, scan: str) -> torch.Tensor:
+        lv = levels.transpose(-1, -2) if scan == "v" else levels
+        m, width = lv.shape[0], lv.shape[-1]
+        codes = torch.zeros_like(lv[..., : width - ORDER + 1])
+        for k in range(ORDER):
+            codes = codes * base + lv[..., k : width - ORDER + 1 + k]
+        offsets = torch.arange(m, device=lv.device).view(m, 1, 1) * bins
+        return torch.bincount((codes + offsets).flatten(), minlength=m * bins).view(m, bins)
+
+    q_h, q_v = quantise(r_h), quantise(r_v)
+    parallel = cooccurrence(q_h, "h") + cooccurrence(q_v, "v")
+    orthogonal = cooccurrence(q_h, "v") + cooccurrence(q_v, "h")
+    return torch.cat([c.double() / c.sum(1, keepdim=True).clamp(min=1).double() for c in (parallel, orthogonal)], 1)
+
+
 def feature_names(T: int = 1) -> list[str]:
     """Names ``"h[-1,0,1,1]"`` … of the 162 features, in output order."""
     levels = range(-T, T + 1)
