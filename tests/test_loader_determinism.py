@@ -22,11 +22,12 @@ from torch.utils.data import DistributedSampler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_distributed import BNFree  # noqa: E402
-from test_prepare import CFG, make_world  # noqa: E402  (the tiny London-photo FF++ tree, crop_size 48)
+from test_datasets import cache  # noqa: E402,F401  (fixture: the tiny tree's face cache, Face2Face c23: 15 training
+# images, 9 real and 6 fake, and 2 validation ones)
+from test_prepare import CFG  # noqa: E402  (the tiny London-photo FF++ tree, crop_size 48)
 
 from emdlib.checkpoint import load_checkpoint  # noqa: E402
 from emdlib.data.datasets import FlipSampler, ManipulationDataset  # noqa: E402
-from emdlib.data.prepare import prepare  # noqa: E402
 from emdlib.presets import EMDConfig, get_preset  # noqa: E402
 from emdlib.study import experiments  # noqa: E402
 from emdlib.train import TrainConfig, fit, flip_sampler, make_loader, predict  # noqa: E402
@@ -41,16 +42,6 @@ GLOBAL_AT_ACCD875 = [
     (5, 1), (13, 1), (7, 1), (13, 1), (14, 1), (8, 1), (12, 1), (9, 0), (5, 1), (2, 1), (3, 1), (4, 0), (11, 0),
     (0, 1), (6, 0), (10, 1), (1, 1),
 ]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """The face cache of the tiny tree: Face2Face c23, 15 training images (9 real, 6 fake), 2 validation ones."""
-    root = tmp_path_factory.mktemp("world")
-    make_world(root)
-    out = tmp_path_factory.mktemp("cache")
-    prepare(root, out, CFG, methods=["Face2Face"], compressions=["c23"], workers=1, progress=False)
-    return out
 
 
 class Recording(BNFree):
