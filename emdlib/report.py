@@ -41,6 +41,22 @@ def provenance(runs: pd.DataFrame, results: Path | None = None) -> pd.DataFrame:
     return df
 
 
+def training_time_markdown(runs: pd.DataFrame) -> list[str]:
+    """Report lines: the training wall time each system's run records hold (their ``wall_time_s``), summed per
+    system, in seconds. A notebook re-executed to read its runs back is timed as that re-execution in
+    ``timings.json``; these sums are what the training itself took, when and wherever it ran (a record's own
+    ``device`` and ``git_commit`` are in the provenance table). Empty when there are no run records."""
+    if runs.empty or "wall_time_s" not in runs:
+        return []
+    t = pd.to_numeric(runs["wall_time_s"], errors="coerce")
+    per = t.groupby(runs["system"]).agg(["size", "sum"]).sort_values("sum", ascending=False)
+    rows = {"system": [*per.index, "total"], "runs": [*(int(n) for n in per["size"]), int(per["size"].sum())],
+            "training wall time (s)": [fmt(float(v)) for v in per["sum"]] + [fmt(float(t.sum()))]}
+    return ["Training wall time held by the run records (`wall_time_s`, summed per system; a notebook that only "
+            "read its runs back is timed above at that read-back, not at its training):", "",
+            markdown_table(pd.DataFrame(rows), index=False), ""]
+
+
 #: Below this many test images in a cell, the report does not offer the systems' ordering as something it can show.
 MIN_TEST_IMAGES_FOR_ORDERING = 20
 
@@ -257,6 +273,7 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
                 "the report (and any still to run) is not in it yet; the file itself gets every notebook's time.", ""]
     else:
         out += ["No `timings.json` (written by `emd reproduce`).", ""]
+    out += training_time_markdown(runs)
 
     out += ["## Deviations from the paper", "", deviations_markdown(), ""]
     out += ["## Training recipes", "",

@@ -58,3 +58,16 @@ def test_preset_scope_resolution_and_what_it_can_show():
     assert "1 warm-up + 6 full epochs" in text
     text = scope(8)  # tiny's 8 test images: 12.5 points, and no ordering offered
     assert "by 12.5 points" in text and "not even an ordering of the systems" in text
+
+
+def test_training_time_sums_each_systems_run_records():
+    import pandas as pd
+
+    runs = pd.DataFrame({"system": ["EMD", "EMD", "MesoNet", "MesoNet"], "wall_time_s": [100.0, 50.5, 7.0, None]})
+    lines = report.training_time_markdown(runs)
+    table = lines[2]
+    assert "| EMD | 2 | 150.50 |" in table  # 100 + 50.5
+    assert "| MesoNet | 2 | 7.00 |" in table  # a record without a wall time counts as a run, adds nothing
+    assert "| total | 4 | 157.50 |" in table
+    assert table.index("| EMD |") < table.index("| MesoNet |")  # longest first
+    assert report.training_time_markdown(pd.DataFrame()) == []
