@@ -17,11 +17,20 @@ a load swing on a shared machine does not land on one side only.
   detects, already decoded.
 
 The ratio asked for is ``prepare frames/s ÷ pure decode frames/s`` (frames: the sampled frames, ``rows`` of the
-manifest). World: the synth world of ``--preset`` (``cpu``: 320 videos, 1,920 sampled frames), read from ``--root``
-(read-only: prepare writes only its cache) or built under ``--work``.
+manifest). World: any FF++-layout root given as ``--root`` (read-only: prepare writes only its cache) — the synth
+world of ``--preset`` (``cpu``: 320 videos, 1,920 sampled frames) or real FF++ videos with the official ``splits/``
+— else the preset's synth world built under ``--work``. ``--train-frames`` / ``--eval-frames`` override the preset's
+frames per video (the paper's are 200 / 10, §IV-A): how many sampled frames share one decode of a video, and how
+many of them dlib must detect, decide the ratio.
 
     OMP_NUM_THREADS=1 python benchmarks/prepare_throughput.py --root /tmp/cpudata/cpu/ffpp \
         --out results/benchmarks/prepare_throughput.json
+    OMP_NUM_THREADS=1 python benchmarks/prepare_throughput.py --root FFPP_MINI --label ffpp_mini_paper_sampling \
+        --train-frames 200 --eval-frames 10 --rounds 1
+
+(``FFPP_MINI``: ``../shared/data/ffpp-mini``'s ``original_sequences`` and ``manipulated_sequences`` linked into a
+folder beside a link ``splits`` to ``../shared/ffpp/splits``; its Face2Face fake, whose original is not there,
+left out.)
 
 Writes the JSON atomically (merged under ``--label``, default ``prepare_throughput``); logs progress.
 """
@@ -135,9 +144,13 @@ def cli_import_s() -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--root", type=Path, default=None, help="an existing synth world of the preset (read only)")
+    p.add_argument("--root", type=Path, default=None, help="an FF++-layout root with splits/ (a synth world, or real FF++; read only)")
     p.add_argument("--work", type=Path, default=Path("/tmp/prepare_throughput"), help="caches (and world) go here")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--train-frames", type=int, default=None,
+                   help="override the preset's sampled frames per training video (paper §IV-A: 200)")
+    p.add_argument("--eval-frames", type=int, default=None,
+                   help="override the preset's sampled frames per validation/test video (paper: 10)")
     p.add_argument("--label", default="prepare_throughput")
     p.add_argument("--note", default="", help="what else ran on the machine")
     p.add_argument("--out", type=Path, default=Path("results/benchmarks/prepare_throughput.json"))
@@ -150,6 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     preset = get_preset(args.preset)
     cfg, data = preset.prepare, preset.data
+    overrides = {k: v for k, v in (("train_frames", args.train_frames), ("eval_frames", args.eval_frames))
+                 if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
     root = args.root
     if root is None:
         from emdlib.data.synth import build_synth_world
