@@ -23,7 +23,10 @@ from emdlib.presets import METHODS, Preset
 from emdlib.stats import OURS, chance_levels, fer_effect, fer_effect_over_seeds
 from emdlib.study import Study
 from emdlib.study.experiments import EXPRESSION_METHODS
-from emdlib.tables import NOT_RUN_PRESET, fmt, label, main_runs, markdown_table, table_markdown, write_tables
+from emdlib.study.records import load_run_records
+from emdlib.tables import (
+    NOT_RUN_PRESET, fmt, label, main_runs, markdown_table, records_frame, table_markdown, write_tables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +276,7 @@ def write_report(study: Study, n_boot: int = 1000, seed: int = 0) -> Path:
                 "the report (and any still to run) is not in it yet; the file itself gets every notebook's time.", ""]
     else:
         out += ["No `timings.json` (written by `emd reproduce`).", ""]
-    out += training_time_markdown(runs)
+    out += training_time_markdown(records_frame(load_run_records(paths.results)))  # Fig. 6's runs too
 
     out += ["## Deviations from the paper", "", deviations_markdown(), ""]
     out += ["## Training recipes", "",
