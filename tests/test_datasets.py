@@ -126,3 +126,34 @@ def test_dataloader_batches(cache):
     assert batch["image"].shape == (4, 3, 32, 32) and batch["fer_image"].shape == (4, 3, 96, 96)
     assert batch["mask"].shape == (4, 1, 32, 32) and batch["label"].shape == (4,)
     assert len(batch["video"]) == 4 and batch["frame"].dtype == torch.long
+
+
+def test_a_set_without_fakes_is_refused_and_says_why(cache, tmp_path):
+    import csv
+    import shutil
+
+    ds = ManipulationDataset(cache, "train", ["Face2Face"], ["c23"], image_size=S)
+    n_real, n_fake = ds.class_counts()[0], ds.class_counts()[1]
+    assert n_real and n_fake
+    ds.require_both_classes()  # both classes: nothing raised
+    # the same cache with every training fake's mask missing (an FF++ copy downloaded without `-t masks`)
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    with open(copy / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        if r["split"] == "train" and r["method"] == "Face2Face" and r["status"] == "ok":
+            r["status"] = "mask_missing"
+    n_missing = sum(r["split"] == "train" and r["method"] == "Face2Face" and r["status"] == "mask_missing" for r in rows)
+    assert n_missing >= n_fake  # the world has a fake without its mask already
+    with open(copy / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    only_real = ManipulationDataset(copy, "train", ["Face2Face"], ["c23"], image_size=S)
+    assert only_real.class_counts() == {0: n_real, 1: 0}
+    with pytest.raises(ValueError, match=rf"train set of Face2Face c23 has no fake frames \({n_real} real, 0 fake\)"
+                                         rf".*manifest.csv: {n_missing} fake rows mask_missing"):
+        only_real.require_both_classes()
+    with pytest.raises(ValueError, match="has no real and no fake frames"):
+        ManipulationDataset(copy, "train", ["Face2Face"], ["c40"], image_size=S).require_both_classes()

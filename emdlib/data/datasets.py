@@ -114,6 +114,26 @@ class ManipulationDataset(Dataset):
         c = Counter(self.labels.tolist())
         return {0: c.get(0, 0), 1: c.get(1, 0)}
 
+    def require_both_classes(self) -> None:
+        """Raise ValueError unless the set holds real *and* fake frames: a one-class set trains a detector that
+        answers one class and scores a meaningless accuracy (1.0 on reals only) and no AUC. The message names the
+        split, methods and compressions, the counts, and the cache manifest's statuses of this set's unusable rows
+        (e.g. ``mask_missing`` when FF++'s mask videos were not downloaded), so that the fix is clear."""
+        counts = self.class_counts()
+        missing = [name for label, name in ((0, "real"), (1, "fake")) if not counts[label]]
+        if not missing:
+            return
+        wanted = {ORIGINAL, *self.methods}
+        unusable = Counter(
+            (r["method"] if r["method"] == ORIGINAL else "fake", r["status"]) for r in read_manifest(self.cache_dir)
+            if r["split"] == self.split and r["method"] in wanted and r["compression"] in self.compressions
+            and r["status"] != "ok")
+        why = ", ".join(f"{n} {kind} rows {status}" for (kind, status), n in sorted(unusable.items())) or "none"
+        raise ValueError(
+            f"{self.split} set of {'/'.join(self.methods)} {'/'.join(self.compressions)} has no "
+            f"{' and no '.join(missing)} frames ({counts[0]} real, {counts[1]} fake): a detector needs both. "
+            f"Unusable rows in {self.cache_dir / 'manifest.csv'}: {why} (`emd check` says what the FF++ copy lacks)")
+
     def sample_weights(self) -> torch.Tensor:
         """Per-item weights inverse to class frequency, for ``WeightedRandomSampler`` (balanced real/fake draws)."""
         labels = self.labels

@@ -189,7 +189,8 @@ def cell_datasets(study: Study, method: str, compression: str, n_train_videos: i
                   seed: int = 0, augment: bool = True) -> dict[str, ManipulationDataset]:
     """Train (flipped horizontally when ``augment``, as the system's recipe says; optionally the first
     ``n_train_videos`` pristine videos and their fakes), val and test sets of one cell, from the face cache (the
-    data stage must have run: :func:`emdlib.study.data.require_cache`)."""
+    data stage must have run: :func:`emdlib.study.data.require_cache`). Raises ValueError when a set lacks real or
+    fake frames (:meth:`~emdlib.data.datasets.ManipulationDataset.require_both_classes`)."""
     from emdlib.study.data import require_cache
 
     require_cache(study)
@@ -199,6 +200,8 @@ def cell_datasets(study: Study, method: str, compression: str, n_train_videos: i
             for split in ("train", "val", "test")}
     if n_train_videos:
         sets["train"] = sets["train"].subset_videos(n_train_videos, seed=seed)
+    for data in sets.values():
+        data.require_both_classes()
     return sets
 
 
