@@ -107,3 +107,20 @@ def test_fig7_original_is_the_pristine_frame_of_the_target():
     assert masks_cams._pristine_index(samples, "Face2Face", "c23", "008_009", 9) == 1
     assert masks_cams._pristine_index(samples, "Face2Face", "c23", "009_008", 3) == 3  # frame 3 skipped: nearest (9)
     assert masks_cams._pristine_index(samples, "Face2Face", "c40", "010_008", 3) is None
+
+
+def test_fig3_shows_a_partial_ffpp_copy(tmp_path):
+    from emdlib.figures.data import fig3_grid, fig3_pairs
+    from test_prepare import PAIRS, make_world  # one bad input of each kind; needs ../shared's London photos
+
+    make_world(tmp_path)
+    pairs = fig3_pairs(tmp_path, PAIRS, ["Face2Face"], "c23", rows=5)
+    # test, val, then train; pairs with every file first, then 008_009 whose original 008 is absent
+    assert pairs == [("006", "007"), ("004", "005"), ("000", "001"), ("002", "003"), ("008", "009")]
+    fig = fig3_grid(tmp_path, pairs, ["Face2Face"], "c23")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles.count("pristine 008: missing") == 1 and "Face2Face 008_009" in titles
+    assert "Face2Face 006_007: missing" in titles  # on disk, but truncated: its panel is empty, not a crash
+    assert sum(bool(ax.get_images()) for ax in fig.axes) == 5 * 3 - 2  # every panel drawn but those two
+    with pytest.raises(FileNotFoundError, match="no video of any split pair at c40"):
+        fig3_pairs(tmp_path, PAIRS, ["Face2Face"], "c40")
