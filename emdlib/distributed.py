@@ -55,11 +55,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(backend: str | None = None) -> bool:
+def backend_for(device: str | torch.device | None = None) -> str:
+    """The process-group backend for processes training on ``device``: ``"nccl"`` on CUDA (None: CUDA when
+    available), ``"gloo"`` otherwise (NCCL takes CUDA tensors only)."""
+    on = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "nccl" if on.type == "cuda" else "gloo"
+
+
+def init_from_env(backend: str | None = None, device: str | torch.device | None = None) -> bool:
     """Initialise the default process group from ``torchrun``'s environment variables when it asks for >1 process.
 
-    ``backend``: None chooses NCCL when CUDA is available, else gloo. On CUDA each process takes the GPU
-    ``LOCAL_RANK``. Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1 or a group already exists
+    ``backend``: None chooses NCCL when the processes train on CUDA — ``device`` (the study's ``device``; None:
+    CUDA when available) — else gloo, so that ``device="cpu"`` on a GPU node still gets a backend that takes CPU
+    tensors. With NCCL each process takes the GPU ``LOCAL_RANK``. Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1 or a group already exists
     (returns True then if it has more than one process). Raises ValueError when ``WORLD_SIZE`` is not an integer or
     ``RANK`` is missing (launch through ``torchrun`` or :func:`launch`).
     """
@@ -78,7 +86,7 @@ def init_from_env(backend: str | None = None) -> bool:
         raise ValueError(f"WORLD_SIZE={n} but RANK is not set; start the processes with torchrun or "
                          "emdlib.distributed.launch")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
@@ -88,11 +96,16 @@ def init_from_env(backend: str | None = None) -> bool:
 
 def local_device(device: str | torch.device | None) -> torch.device | None:
     """The device this process should use: ``cuda:LOCAL_RANK`` when a multi-process group runs on CUDA and
-    ``device`` is None or a bare ``"cuda"``; ``device`` unchanged otherwise (None stays None)."""
+    ``device`` is None or a bare ``"cuda"``; ``device`` unchanged otherwise (None stays None). Raises ValueError for
+    a numbered GPU (``"cuda:1"``) in a multi-process group: every process would take that one GPU (NCCL refuses
+    duplicate GPUs); choose the GPUs with ``CUDA_VISIBLE_DEVICES`` instead."""
     if not is_distributed():
         return None if device is None else torch.device(device)
     d = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d.type == "cuda" and d.index is None:
+    if d.type == "cuda" and d.index is not None:
+        raise ValueError(f"device {str(d)!r} names one GPU, but {world_size()} processes train: give 'cuda' (each "
+                         "process takes GPU LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES")
+    if d.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return d
 

@@ -306,5 +306,33 @@ def test_init_from_env_without_torchrun(monkeypatch):
         distributed.init_from_env()
 
 
+
+def test_backend_and_device_follow_the_study_device(monkeypatch):
+    assert distributed.backend_for("cpu") == "gloo"  # a CPU study on a GPU node: NCCL would refuse CPU tensors
+    assert distributed.backend_for("cuda") == distributed.backend_for("cuda:0") == "nccl"
+    assert distributed.backend_for(None) == ("nccl" if torch.cuda.is_available() else "gloo")
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_device("cuda") == torch.device("cuda", 1)
+    assert distributed.local_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device 'cuda:3' names one GPU, but 2 processes train"):
+        distributed.local_device("cuda:3")  # every process would take GPU 3
+
+
+def test_nproc_is_capped_at_the_visible_gpus(study, monkeypatch, caplog):
+    from emdlib.study import experiments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    import dataclasses
+
+    emd = experiments.SYSTEMS["EMD"]
+    assert experiments._processes(emd, dataclasses.replace(study, device="cuda"), 0, 8, "run") == 2
+    assert "8 processes asked for, 2 GPUs visible" in caplog.text
+    assert experiments._processes(emd, dataclasses.replace(study, device="cpu"), 0, 8, "run") == distributed.processes_for_batch(
+        experiments.train_config(emd, study.preset, 0).batch_size, 8)  # CPU processes are not capped
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

@@ -362,8 +362,14 @@ def train_config(system: System, preset: Preset, seed: int = 0) -> TrainConfig:
 
 
 def _processes(system: System, study: Study, seed: int, nproc: int, name: str) -> int:
-    """How many of ``nproc`` processes train run ``name``: the recipe's batch is the global batch and must split
-    evenly (:func:`emdlib.distributed.processes_for_batch`; a warning when fewer)."""
+    """How many of ``nproc`` processes train run ``name``: on CUDA at most one per visible GPU, and the recipe's
+    batch is the global batch and must split evenly (:func:`emdlib.distributed.processes_for_batch`); a warning
+    when fewer."""
+    from emdlib.train import resolve_device
+
+    if resolve_device(study.device).type == "cuda" and nproc > (gpus := torch.cuda.device_count()):
+        log.warning("%s: %d processes asked for, %d GPUs visible; training on %d", name, nproc, gpus, gpus)
+        nproc = max(1, gpus)
     batch = train_config(system, study.preset, seed).batch_size
     procs = distributed.processes_for_batch(batch, nproc)
     if procs < nproc:
@@ -376,7 +382,7 @@ def _run_torch_process(study: Study, system: System, sets: dict, name: str, seed
     and predict the cell (:func:`_run_torch`) and leave the group; rank 0's return value reaches the caller."""
     import torch.distributed as dist
 
-    distributed.init_from_env()
+    distributed.init_from_env(device=study.device)
     torch.set_num_threads(max(1, torch.get_num_threads() // distributed.world_size()))  # the CPU cores shared
     try:
         torch.manual_seed(seed)
