@@ -207,7 +207,10 @@ PRESETS: dict[str, Preset] = {
         fer=FERConfig(branches=9, epochs=50, schedule="grow", first_epochs=50, branch_epochs=20, lr=0.1,
                       later_lr=0.01, val_every=2, max_per_class=5000, workers=8),
         emd=EMDConfig(encoder="xception65", image_size=299, warmup_epochs=3, epochs=20, batch_size=16, pretrained=True,
-                      cells=_ALL_CELLS, cudnn_benchmark=True, flip_rng="sampler"),
+                      cells=_ALL_CELLS, cudnn_benchmark=True, flip_rng="sampler",
+                      # on N GPUs BatchNorm keeps the one-GPU protocol's statistics over the batch of 16 (without,
+                      # each of 8 GPUs would normalise 2 images); one process or the CPU: no effect / refused
+                      sync_bn=True),
         note="The paper's protocol: FF++ c23/c40 and AffectNet (or the official ESR-9 weights) on a GPU.",
     ),
 }
