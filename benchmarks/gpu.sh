@@ -11,7 +11,9 @@
 #
 # Settings (environment): DEVICE (default cuda), PYTHON (default python), QUICK=1 (tiny sizes, no study: the CPU
 # smoke test), CLIP (a 720p video for step 3; default ffpp-mini's 004.mp4 under ../shared, and when that is absent a
-# clip of the tiny study's synthetic videos, each frame scaled to 720x720 in the middle of a 1280x720 frame), STEP_TIMEOUT (seconds per step, default 240).
+# clip of the tiny study's synthetic videos, each frame scaled to 720x720 in the middle of a 1280x720 frame), and the
+# seconds each step may take: TINY_TIMEOUT (default 270), THROUGHPUT_TIMEOUT (120), DETECT_TIMEOUT (90; the clip's
+# first 100 frames, the default and default-fast sampling, each beside its bare loop), together under 8 minutes.
 # A failing step is recorded in OUT/gpu_run.json with its exit status and the script carries on; it exits 1 when any
 # step failed.
 set -u -o pipefail
@@ -20,35 +22,37 @@ OUT="${1:-results/benchmarks}"
 DEVICE="${DEVICE:-cuda}"
 PYTHON="${PYTHON:-python}"
 QUICK="${QUICK:-0}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
+TINY_TIMEOUT="${TINY_TIMEOUT:-270}"
+THROUGHPUT_TIMEOUT="${THROUGHPUT_TIMEOUT:-120}"
+DETECT_TIMEOUT="${DETECT_TIMEOUT:-90}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT/logs"
 export MPLBACKEND=Agg PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 declare -A STATUS SECONDS_TAKEN
-step() {  # step NAME COMMAND...: run with a timeout, log to OUT/logs/NAME.log, record status and seconds
-  local name="$1"; shift
+step() {  # step NAME SECONDS COMMAND...: run with that timeout, log to OUT/logs/NAME.log, record status and seconds
+  local name="$1" limit="$2"; shift 2
   local t0=$SECONDS
   echo "[gpu.sh] $name: $*" >&2
-  timeout "$STEP_TIMEOUT" "$@" >"$OUT/logs/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
   STATUS[$name]=$?
   SECONDS_TAKEN[$name]=$((SECONDS - t0))
   echo "[gpu.sh] $name: exit ${STATUS[$name]} after ${SECONDS_TAKEN[$name]} s" >&2
 }
 
 if [ "$QUICK" = 1 ]; then
-  step throughput "$PYTHON" benchmarks/gpu_throughput.py --device "$DEVICE" --image-size 64 --batch 2 \
+  step throughput "$THROUGHPUT_TIMEOUT" "$PYTHON" benchmarks/gpu_throughput.py --device "$DEVICE" --image-size 64 --batch 2 \
     --encoder xception41 --timm-model xception41 --esr-branches 2 --steps 1 --rounds 1 --loop-batches 1 \
     --out "$OUT/gpu_throughput.json"
 else
-  step tiny_study "$PYTHON" -m emdlib.cli reproduce --preset tiny -p device "$DEVICE" \
+  step tiny_study "$TINY_TIMEOUT" "$PYTHON" -m emdlib.cli reproduce --preset tiny -p device "$DEVICE" \
     --data-root "$WORK/data" --results "$WORK/results"
-  step throughput "$PYTHON" benchmarks/gpu_throughput.py --device "$DEVICE" --out "$OUT/gpu_throughput.json"
+  step throughput "$THROUGHPUT_TIMEOUT" "$PYTHON" benchmarks/gpu_throughput.py --device "$DEVICE" --out "$OUT/gpu_throughput.json"
   CLIP="${CLIP:-../shared/data/ffpp-mini/original_sequences/youtube/c23/videos/004.mp4}"
   if [ ! -f "$CLIP" ]; then  # no shared data on this machine: the tiny study's synthetic clips, upscaled to 720p
     CLIP="$WORK/clip720.mp4"
-    step make_clip "$PYTHON" - "$WORK/data/tiny" "$CLIP" <<'EOF'
+    step make_clip "$DETECT_TIMEOUT" "$PYTHON" - "$WORK/data/tiny" "$CLIP" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -69,7 +73,8 @@ for v in videos:
 write_video(sys.argv[2], frames[:300], fps=25)
 EOF
   fi
-  step detect "$PYTHON" benchmarks/detect_throughput.py --device "$DEVICE" --video "$CLIP" --frames 250 --models emd mesonet \
+  step detect "$DETECT_TIMEOUT" "$PYTHON" benchmarks/detect_throughput.py --device "$DEVICE" --video "$CLIP" --frames 100 \
+    --settings default default-fast --models emd mesonet \
     --out "$OUT/detect_throughput.json"
 fi
 

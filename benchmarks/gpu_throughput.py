@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     net_amp = amp if amp == torch.bfloat16 else None  # fp16 would need a scaler; only bf16 is worth comparing
 
     def emd_step() -> None:
-        train_step(emd, batch, emd_opt, scaler, amp)
+        train_step(emd, batch, emd_opt, scaler, amp, sync=False)  # no host sync, as the loop and the timm step
 
     def timm_step() -> None:
         net_opt.zero_grad(set_to_none=True)

@@ -56,12 +56,12 @@ def _bare(model: EMD, batch: dict, warmup: bool, steps: int, device: torch.devic
     set_trainable(model, trainable, warmup)
     model.train()
     batch = move_batch(batch, device)
-    train_step(model, batch, opt)  # untimed: allocator and first-call overheads
+    train_step(model, batch, opt, sync=False)  # untimed: allocator and first-call overheads
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(model, batch, opt)
+        train_step(model, batch, opt, sync=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
