@@ -481,6 +481,18 @@ def save_training_state(path: str | Path, model: DetectorNet, optimizer: torch.o
     return save_checkpoint(path, tensors, side)
 
 
+def _state_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer-state tensor of a parameter's shape that parameter's memory layout: a checkpoint stores
+    them contiguous, and Adam's foreach path falls back to its slower per-tensor loop when the moments' strides
+    differ from those of the gradients (a channels_last model on the GPU)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler | None = None, device: str | torch.device = "cpu") -> dict:
     """Restore what :func:`save_training_state` wrote; returns the sidecar."""
@@ -493,6 +505,7 @@ def load_training_state(path: str | Path, model: nn.Module, optimizer: torch.opt
         optimizer.load_state_dict(_optimizer_from_flat(tensors, meta["optimizer"]))
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: training state does not match this model/optimizer ({e})") from e
+    _state_like_parameters(optimizer)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     _set_rng_state(tensors, meta["rng"])

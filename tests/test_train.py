@@ -162,6 +162,14 @@ def test_resume_ends_where_an_uninterrupted_run_does(tmp_path):
     opt = torch.optim.Adam(list(model_a.trainable_parameters()), lr=1e-3)
     meta = load_training_state(tmp_path / "b" / "last.safetensors", _model(5), opt)
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    # into a channels_last model (the GPU path): Adam's moments take each parameter's layout, values unchanged
+    cl = _model(5).to(memory_format=torch.channels_last)
+    opt_cl = torch.optim.Adam(list(cl.trainable_parameters()), lr=1e-3)
+    load_training_state(tmp_path / "b" / "last.safetensors", cl, opt_cl)
+    moments = [(p, opt_cl.state[p]["exp_avg"], opt.state[q]["exp_avg"])
+               for p, q in zip(cl.trainable_parameters(), model_a.trainable_parameters()) if p.ndim == 4]
+    assert moments and any(not p.is_contiguous() for p, _, _ in moments)
+    assert all(m.stride() == p.stride() and torch.equal(m, m0) for p, m, m0 in moments)
     # resuming with another seed is refused, naming the checkpoint
     with pytest.raises(ValueError, match="last.safetensors.*seed"):
         fit(_model(5), train, val, tmp_path / "b", dataclasses.replace(cfg, seed=8))
