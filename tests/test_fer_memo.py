@@ -132,3 +132,15 @@ def test_the_study_attaches_one_memo_per_fer_kind_outside_the_model_state(study,
     save_detector(study.paths.checkpoints / "emd.safetensors", model, study.preset.emd.image_size, spec=spec)
     rebuilt, _ = model_from_checkpoint(study.paths.checkpoints / "emd.safetensors")
     assert rebuilt.fer.memo is None  # emd detect and the figures run without it
+
+
+def test_channels_last_inputs_are_kept_apart():
+    stream = _stream()
+    x = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    memo = memoise(stream)
+    with torch.no_grad():
+        stream.select_branch(x)
+        got = stream.select_branch(x.contiguous(memory_format=torch.channels_last))  # the GPU training layout
+        assert _same(got, stream.compute_select_branch(x.contiguous(memory_format=torch.channels_last)))
+        stream.select_branch(x.clone())  # contiguous again: read back
+    assert (memo.hits, memo.misses) == (4, 8)

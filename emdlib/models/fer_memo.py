@@ -147,7 +147,8 @@ class FERMemo:
         amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cpu", "cuda") else None
         any_batch = dev == "cpu" if self.batch_invariant is None else self.batch_invariant
         batch = n == 1 if any_batch else n  # the batch sizes whose results may differ are kept apart
-        context = (tuple(x.shape[1:]), str(x.dtype), str(x.device), amp, bool(voters_only), batch)
+        layout = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()  # cuDNN rounds NHWC apart
+        context = (tuple(x.shape[1:]), str(x.dtype), str(x.device), amp, bool(voters_only), batch, layout)
         keys = [(d, *context) for d in _row_digests(x)]
         found = [self._entries.get(k) for k in keys]
         miss = [i for i, e in enumerate(found) if e is None]
