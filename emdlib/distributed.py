@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -189,9 +192,11 @@ def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = No
     ``fn`` must be importable by name (a module-level function: the processes are spawned, so a script that calls
     ``launch`` needs the ``if __name__ == "__main__":`` guard; a notebook does not) and should call
     :func:`init_from_env` (the launcher sets ``RANK``/``WORLD_SIZE``/…). ``nproc == 1`` calls ``fn(*args)`` in this
-    process. Raises ValueError for ``nproc < 1`` and
-    ``torch.distributed.elastic.multiprocessing.errors.ChildFailedError`` (naming the failed rank and its error) when
-    a process fails.
+    process. Raises ValueError for ``nproc < 1`` and :class:`ProcessFailed` when a process fails: its message is the
+    first failed rank's own error (``"… failed on rank 1 of 2: ValueError: training set is empty"``), the
+    process's traceback attached as a note, the launcher's ``ChildFailedError`` as its cause; the other ranks'
+    logs go to this process's stderr as usual. Each process logs as this one does (:func:`_logging_setup`): the
+    ``emdlib`` loggers' level and the root handler's format on rank 0, warnings and errors only on the others.
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
@@ -202,5 +207,59 @@ def launch(fn: Callable[..., T], nproc: int, *args: Any, run_id: str | None = No
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=run_id or uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",
                           max_restarts=max_restarts, start_method="spawn")
-    log.info("launching %s on %d processes", getattr(fn, "__qualname__", fn), nproc)
-    return elastic_launch(config, fn)(*args)[0]
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    name = getattr(fn, "__qualname__", str(fn))
+    log.info("launching %s on %d processes", name, nproc)
+    handlers = _signal_handlers()
+    try:
+        return elastic_launch(config, _call_logging)(fn, _logging_setup(), *args)[0]
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        data = failure.message if isinstance(failure.message, dict) else {"message": failure.message}
+        err = ProcessFailed(f"{name} failed on rank {rank} of {nproc}: {data.get('message')}")
+        stack = data.get("extraInfo", {}).get("py_callstack") if isinstance(data.get("extraInfo"), dict) else None
+        if stack:
+            err.add_note(f"rank {rank}'s traceback:\n{stack}")
+        raise err from e
+    finally:  # the launcher leaves handlers that turn this process's own later SIGTERM into a traceback
+        _restore_signal_handlers(handlers)
+
+
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT") if hasattr(signal, n))
+
+
+def _signal_handlers() -> dict:
+    """This process's handlers of the signals torch's launcher takes over (none outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in _SIGNALS}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    for s, h in handlers.items():
+        if h is not None:
+            signal.signal(s, h)
+
+
+class ProcessFailed(RuntimeError):
+    """A process started by :func:`launch` failed; the message names the rank and its error."""
+
+
+def _logging_setup() -> tuple[int, str | None]:
+    """``(level of the emdlib loggers, format of the root logger's first handler or None)`` in this process, for
+    :func:`launch`'s processes to log the same way (a notebook's epoch lines then reach ``emd reproduce``)."""
+    root = logging.getLogger()
+    fmt = next((h.formatter._fmt for h in root.handlers if h.formatter is not None), None)
+    return logging.getLogger("emdlib").getEffectiveLevel(), fmt
+
+
+def _call_logging(fn: Callable[..., T], setup: tuple[int, str | None], *args: Any) -> T:
+    """A :func:`launch` process: log as the launching process did (rank 0; the other ranks warnings and up, so
+    that each epoch is told once), then ``fn(*args)``."""
+    level, fmt = setup
+    if fmt is not None and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format=fmt, stream=sys.stderr)
+    first = os.environ.get("RANK", "0") == "0"
+    logging.getLogger("emdlib").setLevel(level if first else max(level, logging.WARNING))
+    return fn(*args)

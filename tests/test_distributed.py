@@ -191,9 +191,13 @@ def _launched(run: str) -> dict:
 
 
 def test_launch_trains_on_two_processes_and_returns_rank_0s_gathered_predictions(tmp_path, monkeypatch):
+    import signal
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = signal.getsignal(signal.SIGTERM)
     got = distributed.launch(_launched, 2, str(tmp_path / "run"))
     assert got["world"] == 2 and got["ranks"] == [0, 1]
+    assert signal.getsignal(signal.SIGTERM) is before  # not the launcher's (a notebook kernel's exit traceback)
     state, meta = load_checkpoint(tmp_path / "run" / "best.safetensors")
     assert meta["world_size"] == 2
     model = BNFree()
@@ -201,6 +205,35 @@ def test_launch_trains_on_two_processes_and_returns_rank_0s_gathered_predictions
     want = _numeric(predict(model, tiny_items(5, seed=3), device="cpu", batch_size=2, seed=1))
     for k in want:
         assert np.array_equal(got[k], want[k]), k
+
+
+def _fails_on_rank_1() -> int:
+    import logging
+
+    distributed.init_from_env()
+    logging.getLogger("emdlib.test").info("rank %d says hello", distributed.rank())
+    if distributed.rank() == 1:
+        raise ValueError("training set is empty")
+    distributed.barrier()  # rank 0 waits for rank 1, which never comes: the launcher stops it
+    return 0
+
+
+def test_a_failed_process_is_reported_by_its_own_error_and_processes_log_like_the_launcher(monkeypatch, capfd):
+    import logging
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))  # the notebooks' format
+    root, emd = logging.getLogger(), logging.getLogger("emdlib")
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr(emd, "level", logging.INFO)
+    with pytest.raises(distributed.ProcessFailed,
+                       match="_fails_on_rank_1 failed on rank 1 of 2: ValueError: training set is empty") as info:
+        distributed.launch(_fails_on_rank_1, 2)
+    assert any('raise ValueError("training set is empty")' in note for note in info.value.__notes__)
+    err = capfd.readouterr().err
+    assert "INFO emdlib.test: rank 0 says hello" in err  # rank 0 logs in the launcher's format and level
+    assert "rank 1 says hello" not in err  # the other ranks: warnings and errors only
 
 
 def test_gathering_shards_restores_dataset_order():
