@@ -170,6 +170,7 @@ def _ckplus_subject(sample, shared) -> str:
 
 
 def test_fer_stage_trains_both_streams_on_affectnet_with_the_grow_schedule(mini_affectnet, tmp_path):
+    from emdlib.checkpoint import load_meta
     from emdlib.presets import get_preset
     from emdlib.report import fer_data_line
     from emdlib.study import Study
@@ -207,6 +208,11 @@ def test_fer_stage_trains_both_streams_on_affectnet_with_the_grow_schedule(mini_
     assert again["ESR"][1]["source"] == again["SimFER"][1]["source"] == "checkpoint"
     synth = Study.open(study.preset, tmp_path / "data", tmp_path / "results")  # same checkpoints, other data
     assert not fer_stage._reusable(synth, "ESR")
+    # the same data under other FER settings (a smoke run's checkpoint, then the real run): not reused
+    longer = Study.open(dataclasses.replace(study.preset, fer=dataclasses.replace(fer, branch_epochs=2)),
+                        tmp_path / "data", tmp_path / "results", affectnet_root=root)
+    assert fer_stage._training_changes(load_meta(ckpt)["train_config"], longer) == {"branch_epochs": (1, 2)}
+    assert not fer_stage._reusable(longer, "ESR") and fer_stage._reusable(study, "ESR")
 
 
 def test_cli_forge_affectnet(mini_affectnet, shared, tmp_path, capsys):

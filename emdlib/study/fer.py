@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +175,21 @@ def _same_data(recorded: dict[str, Any] | None, study: Study, want: dict[str, An
     return all(recorded.get(k) == want.get(k) for k in keys)
 
 
+#: :class:`~emdlib.train_fer.FERTrainConfig` fields that do not change what a FER stream learns.
+_NOT_TRAINING = ("device", "num_workers")
+
+
+def _training_changes(recorded: dict[str, Any] | None, study: Study) -> dict[str, tuple[Any, Any]]:
+    """``{field: (in the checkpoint, in the preset now)}`` for each FER training setting (schedule, epochs, lr, …,
+    from ``--set fer.*``) a checkpoint was trained under that the preset now sets otherwise; empty when they agree
+    or the checkpoint recorded none (made before the settings were recorded)."""
+    if not recorded:
+        return {}
+    want = asdict(FERTrainConfig.from_preset(study.preset.fer))
+    return {k: (recorded[k], v) for k, v in want.items() if k not in _NOT_TRAINING and k in recorded
+            and recorded[k] != v}
+
+
 def _wanted_data(study: Study) -> dict[str, Any]:
     """The identity of the data :func:`fer_data` would use (without loading it)."""
     root = getattr(study.paths, "affectnet", None)
@@ -188,8 +203,9 @@ def _wanted_data(study: Study) -> dict[str, Any]:
 def ensure_fer_stream(study: Study, kind: str, data: FERData | None = None,
                       retrain: bool = False) -> tuple[FERStream, dict[str, Any]]:
     """One FER stream of the study: the official ESR-9 weights when the study has ``esr_weights`` (ESR), else its
-    checkpoint when it exists and fits the preset (:func:`fer_spec`) and the data (:func:`fer_data`: same set, same
-    root), else trained now on that data (:func:`emdlib.train_fer.train_fer`, Eq. 1, the preset's schedule) and
+    checkpoint when it exists and fits the preset (:func:`fer_spec`), the data (:func:`fer_data`: same set, same
+    root) and the preset's FER training settings (schedule, epochs, learning rates, …: a smoke run's 1-epoch stream
+    is not reused by the real run), else trained now on that data (:func:`emdlib.train_fer.train_fer`, Eq. 1, the preset's schedule) and
     saved; the checkpoint's metadata records ``source`` and ``data`` (:func:`fer_stream_record` reads them).
 
     ``data``: the expression data (default :func:`fer_data`). Returns ``(model in eval mode, info)``;
@@ -209,12 +225,17 @@ def ensure_fer_stream(study: Study, kind: str, data: FERData | None = None,
     if checkpoint.is_file() and not retrain:
         model, meta = model_from_checkpoint(checkpoint)
         wanted_data = data.description if data is not None else _wanted_data(study)
-        if meta.get("model") == want and _same_data(meta.get("data"), study, wanted_data):
+        changes = _training_changes(meta.get("train_config"), study)
+        if meta.get("model") == want and _same_data(meta.get("data"), study, wanted_data) and not changes:
             log.info("%s: using the existing %s checkpoint", checkpoint, kind)
             return model, {"source": "checkpoint", "checkpoint": str(checkpoint), "metrics": meta.get("metrics"),
                            "data": meta.get("data") or _synth_description(study)}
-        log.info("%s: checkpoint is %s on %s, wanted %s on %s: retraining", checkpoint, meta.get("model"),
-                 (meta.get("data") or {}).get("name", SYNTH_SET), want, wanted_data.get("name"))
+        if changes:
+            log.warning("%s: trained with %s; the preset now sets %s: retraining", checkpoint,
+                        {k: a for k, (a, _) in changes.items()}, {k: b for k, (_, b) in changes.items()})
+        else:
+            log.info("%s: checkpoint is %s on %s, wanted %s on %s: retraining", checkpoint, meta.get("model"),
+                     (meta.get("data") or {}).get("name", SYNTH_SET), want, wanted_data.get("name"))
     data = data if data is not None else fer_data(study)
     device = getattr(study, "device", None)
     cfg = FERTrainConfig.from_preset(study.preset.fer, **({"device": device} if device else {}))
@@ -249,7 +270,8 @@ def _reusable(study: Study, kind: str) -> bool:
         meta = load_meta(checkpoint)
     except (OSError, ValueError):  # unreadable: ensure_fer_stream loads it and raises the error that names it
         return False
-    return meta.get("model") == fer_spec(study, kind) and _same_data(meta.get("data"), study, _wanted_data(study))
+    return (meta.get("model") == fer_spec(study, kind) and _same_data(meta.get("data"), study, _wanted_data(study))
+            and not _training_changes(meta.get("train_config"), study))
 
 
 # ---------------------------------------------------------------------------------------------- what a run used
