@@ -160,6 +160,18 @@ class Preset:
     emd: EMDConfig = field(default_factory=EMDConfig)
     note: str = ""
 
+    def __post_init__(self) -> None:
+        """Raises ValueError when ``emd.cells`` name a method or compression outside ``data.methods`` ×
+        ``data.compressions`` (their training sets would be empty), with the ``--set`` that keeps the others."""
+        have = {(m, c) for m in self.data.methods for c in self.data.compressions}
+        bad = [tuple(c) for c in self.emd.cells if tuple(c) not in have]
+        if bad:
+            keep = json.dumps([list(c) for c in self.emd.cells if tuple(c) in have])
+            raise ValueError(
+                f"preset {self.name!r}: emd.cells {bad} are not in the data (data.methods={list(self.data.methods)}, "
+                f"data.compressions={list(self.data.compressions)}); e.g. for a copy of FF++ without c40: --set "
+                f"data.compressions='[\"c23\"]' --set emd.cells='{keep}'")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
