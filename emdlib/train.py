@@ -266,6 +266,17 @@ OLD_DEFAULTS: tuple[str, ...] = ("optimizer", "flip_rng")
 
 #: Training steps between two reads of the loss sums from the device in :func:`fit` (progress bar, non-finite check).
 LOG_EVERY = 25
+#: Within an epoch, :func:`fit` logs a progress line (batch, images/s, time left) at most this often, in seconds:
+#: the progress bar lives in the notebook, and a batch job's log would otherwise be silent for a whole epoch.
+PROGRESS_SECONDS = 60.0
+
+
+def _progress_line(epoch: int, epochs: int, batch: int, batches: int, images: int, seconds: float) -> None:
+    """Log ``epoch e/E: batch b/B, R img/s, about M min left in the epoch`` (``images``: over every process)."""
+    rate = images / max(seconds, 1e-9)
+    left = (batches - batch) * seconds / max(batch, 1)
+    log.info("epoch %d/%d: batch %d/%d, %.1f img/s, about %.0f min left in the epoch", epoch + 1, epochs, batch,
+             batches, rate, left / 60)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -721,6 +732,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.total_epochs}{' (warm-up)' if warmup else ''}",
                    leave=False, disable=None)
+        total = len(loader) if config.max_batches is None else min(len(loader), config.max_batches)
+        last_line = t0
         for i, batch in enumerate(bar):
             if config.max_batches is not None and i >= config.max_batches:
                 break
@@ -732,6 +745,10 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
             n += k
             if (i + 1) % LOG_EVERY == 0:
                 _check_loss(device_sums, n, epoch, i + 1, bar)
+                if time.perf_counter() - last_line >= PROGRESS_SECONDS and distributed.is_main():
+                    last_line = time.perf_counter()
+                    _progress_line(epoch, config.total_epochs, i + 1, total, n * distributed.world_size(),
+                                   last_line - t0)
         sums = _check_loss(device_sums, n, epoch, None, bar)
         if ddp:  # means over every rank's images; the ranks' BatchNorm statistics become rank 0's (those saved)
             names = sorted(sums)

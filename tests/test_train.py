@@ -280,3 +280,26 @@ def test_a_non_finite_loss_stops_training_before_any_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"^non-finite training loss in epoch 1: per-image sums"):
         fit(Net(), tiny_items(4), None, tmp_path, TrainConfig(warmup_epochs=0, epochs=1, batch_size=2, device="cpu"))
     assert not (tmp_path / "last.safetensors").exists() and not (tmp_path / "best.safetensors").exists()
+
+
+def test_an_epoch_tells_its_progress_in_the_log(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from emdlib import train
+    from emdlib.models.detector import DetectorNet
+
+    class Net(DetectorNet):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, image, fer_image=None):
+            return DetectorOutput(logits=self.fc(image.mean((2, 3))), mask_logits=None)
+
+    monkeypatch.setattr(train, "LOG_EVERY", 1)  # every step is a log interval
+    monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)  # and each one old enough for a line
+    with caplog.at_level(logging.INFO, logger="emdlib.train"):
+        fit(Net(), tiny_items(8), None, tmp_path, TrainConfig(warmup_epochs=0, epochs=1, batch_size=2, device="cpu"))
+    lines = [r.getMessage() for r in caplog.records if ": batch " in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == [f"epoch 1/1: batch {b}/4" for b in (1, 2, 3, 4)]
+    assert all("img/s, about " in line and line.endswith("min left in the epoch") for line in lines)
