@@ -446,6 +446,7 @@ def reproduce(
     out_dir = study.paths.results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     base = study.parameters()
+    fetch_imagenet_weights(study, [nb.name[:2] for nb in selected])
     ensure_stages(study, [nb.name[:2] for nb in selected])
     # timings.json holds this run's times as they come (notebook 07 reports them) and, for the notebooks not run
     # now (--only), their earlier times; the entries of the notebooks about to run are dropped first, never stale
@@ -469,6 +470,26 @@ def reproduce(
         log.info("[%d/%d] %s done in %.1f s", i, len(selected), nb.name, timings[nb.name])
     write_json(timings_path, dict(sorted({**kept, **timings}.items())))
     return timings
+
+
+def fetch_imagenet_weights(study: Study, notebooks: Sequence[str]) -> list[str]:
+    """Before any notebook runs: with ``emd.pretrained=True`` and a selected notebook that trains networks (02 on),
+    download the timm ImageNet weights of :func:`emdlib.check.imagenet_models` not in the local cache yet, so that a
+    machine without network fails now — not after hours of ``prepare`` and FER training — with
+    :func:`emdlib.pretrained.create_timm_model`'s RuntimeError (which says how to give local files). Returns the
+    networks fetched."""
+    from emdlib.check import imagenet_models, timm_weights_cached
+    from emdlib.pretrained import create_timm_model
+
+    if study.preset.emd.pretrained is not True or not any(n >= "02" for n in notebooks):
+        return []
+    fetched = []
+    for name in imagenet_models(study.preset.emd):
+        if not timm_weights_cached(name):
+            log.info("fetching the ImageNet weights of %s before the notebooks run", name)
+            create_timm_model(name, True, num_classes=0)
+            fetched.append(name)
+    return fetched
 
 
 def failed_copy(out: Path) -> Path:

@@ -128,3 +128,28 @@ def test_another_networks_file_is_refused_even_without_a_classifier(tmp_path):
     with pytest.raises(ValueError, match=rf"other\.safetensors: does not hold ImageNet weights for timm model "
                                          rf"'{TINY}' \({n} of its {n} tensors are not in the file, e\.g\. conv1"):
         create_timm_model(TINY, other, num_classes=0)
+
+
+def test_reproduce_fetches_imagenet_weights_before_any_notebook(study, monkeypatch):
+    import dataclasses
+
+    from emdlib import check, pretrained
+    from emdlib.reproduce import fetch_imagenet_weights
+
+    tried = []
+
+    def offline(name, weights=False, **kwargs):
+        tried.append((name, weights))
+        raise RuntimeError(f"ImageNet weights for timm model {name!r} could not be downloaded (offline)")
+
+    monkeypatch.setattr(pretrained, "create_timm_model", offline)
+    monkeypatch.setattr(check, "timm_weights_cached", lambda name: False)
+    assert fetch_imagenet_weights(study, ["00", "01", "02"]) == []  # tiny starts from random weights
+    on = dataclasses.replace(study, preset=dataclasses.replace(
+        study.preset, emd=dataclasses.replace(study.preset.emd, pretrained=True)))
+    assert fetch_imagenet_weights(on, ["00", "01"]) == []  # the data and FER stages need no ImageNet weights
+    with pytest.raises(RuntimeError, match="could not be downloaded"):
+        fetch_imagenet_weights(on, ["00", "02"])
+    assert tried == [(on.preset.emd.encoder, True)]
+    monkeypatch.setattr(check, "timm_weights_cached", lambda name: True)
+    assert fetch_imagenet_weights(on, ["03"]) == []  # in the local cache: nothing to fetch
