@@ -101,7 +101,9 @@ def _cmd_forge_affectnet(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from emdlib.data.prepare import prepare
 
-    preset = get_preset(args.preset)
+    from emdlib.presets import override_preset
+
+    preset = override_preset(get_preset(args.preset), settings_options(args))  # as reproduce builds its cache
     summary = prepare(
         Path(args.root), Path(args.cache), preset.prepare,
         methods=preset.data.methods, compressions=preset.data.compressions,
@@ -266,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=None, help="folder with train/val/test.json (default: <root>/splits)")
     p.add_argument("--workers", type=int, default=None, help="parallel worker processes")
     _add_preset(p)
+    _add_settings(p)  # the same prepare.* / data.* values as `emd reproduce --set`, or the caches differ
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("detect", help="score faces in videos/images with a trained detector",

@@ -330,3 +330,19 @@ def test_crash_in_one_group_is_recorded_and_retried(prepared, world, tmp_path, m
     again = prepare(root, cache, CFG, methods=["Face2Face"], compressions=["c23"], workers=1, progress=False)
     assert "error" not in again["status"] and again["ok_frames"] == summary_ref["ok_frames"]
     assert _cache_files(cache) == _cache_files(cache_ref)
+
+
+def test_emd_prepare_takes_the_settings_reproduce_takes(world, tmp_path):
+    import json
+
+    from emdlib import cli
+
+    root, _ = world
+    cells = json.dumps([["Face2Face", "c23"]])
+    args = ["prepare", "--root", str(root), "--cache", str(tmp_path / "cache"), "--preset", "tiny", "--workers", "1",
+            "--set", "prepare.train_frames=2", "--set", "prepare.eval_frames=1", "--set", "prepare.crop_size=32",
+            "--set", 'data.methods=["Face2Face"]', "--set", 'data.compressions=["c23"]', "--set", f"emd.cells={cells}"]
+    assert cli.main(args) == 0
+    recorded = json.loads((tmp_path / "cache" / "prepare.json").read_text())
+    assert (recorded["train_frames"], recorded["eval_frames"], recorded["crop_size"]) == (2, 1, 32)
+    assert cli.main([*args[:-2], "--set", "prepare.train_frame=2"]) == cli.EXIT_USAGE  # unknown key: refused
