@@ -17,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("Deepfakes", "Face2Face", "NeuralTextures")
 COMPRESSIONS: tuple[str, ...] = ("c23", "c40")
@@ -166,11 +169,12 @@ class Preset:
         have = {(m, c) for m in self.data.methods for c in self.data.compressions}
         bad = [tuple(c) for c in self.emd.cells if tuple(c) not in have]
         if bad:
-            keep = json.dumps([list(c) for c in self.emd.cells if tuple(c) in have])
+            keep = json.dumps([list(c) for c in self.emd.cells if tuple(c) in have]
+                              or [[m, c] for m in self.data.methods for c in self.data.compressions])
             raise ValueError(
                 f"preset {self.name!r}: emd.cells {bad} are not in the data (data.methods={list(self.data.methods)}, "
-                f"data.compressions={list(self.data.compressions)}); e.g. for a copy of FF++ without c40: --set "
-                f"data.compressions='[\"c23\"]' --set emd.cells='{keep}'")
+                f"data.compressions={list(self.data.compressions)}): set cells of the data, e.g. "
+                f"--set emd.cells='{keep}'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,13 +320,23 @@ def override_preset(preset: "Preset", settings: Mapping[str, Any]) -> "Preset":
 
     The preset keeps its name (its folders); every run record stores the effective configuration, so runs made
     under other settings are never mistaken for the preset's own (``emdlib.study.experiments.why_not_reusable``).
-    Raises :class:`SettingError` for an unknown key or a value of the wrong type.
+    When the settings narrow ``data.methods`` or ``data.compressions`` without giving ``emd.cells``, the cells
+    outside the data are dropped (a c23-only copy: ``--set data.compressions='["c23"]'``). Raises
+    :class:`SettingError` for an unknown key or a value of the wrong type, ValueError for ``emd.cells`` outside the
+    data (:class:`Preset`).
     """
     changes: dict[str, dict[str, Any]] = {}
     for key, value in settings.items():
         section, _, name = key.partition(".")
         changes.setdefault(section, {})[name] = parse_setting(key, value)
-    return dataclasses.replace(preset, **{s: dataclasses.replace(getattr(preset, s), **c) for s, c in changes.items()})
+    sections = {s: dataclasses.replace(getattr(preset, s), **c) for s, c in changes.items()}
+    data, emd = sections.get("data", preset.data), sections.get("emd", preset.emd)
+    if "data" in changes and "cells" not in changes.get("emd", {}):  # narrower data, cells not given: follow it
+        kept = tuple(c for c in emd.cells if c[0] in data.methods and c[1] in data.compressions)
+        if kept and kept != tuple(emd.cells):
+            log.info("emd.cells follow data.methods/compressions: %s", ", ".join(f"{m} {c}" for m, c in kept))
+            sections["emd"] = dataclasses.replace(emd, cells=kept)
+    return dataclasses.replace(preset, **sections)
 
 
 def parse_set_options(options: Iterable[str]) -> dict[str, str]:

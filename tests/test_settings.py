@@ -48,6 +48,19 @@ def test_override_preset_changes_only_the_keys_given() -> None:
     assert small.emd.encoder == paper.emd.encoder and small.fer == paper.fer and small.name == "paper"
 
 
+def test_cells_follow_narrower_data_unless_given() -> None:
+    paper = get_preset("paper")
+    c23 = override_preset(paper, {"data.compressions": '["c23"]'})  # a copy of FF++ without c40
+    assert c23.emd.cells == (("Deepfakes", "c23"), ("Face2Face", "c23"), ("NeuralTextures", "c23"))
+    two = override_preset(paper, {"data.methods": '["Face2Face", "NeuralTextures"]'})
+    assert {m for m, _ in two.emd.cells} == {"Face2Face", "NeuralTextures"} and len(two.emd.cells) == 4
+    given = override_preset(paper, {"data.compressions": '["c23"]', "emd.cells": '[["Face2Face", "c23"]]'})
+    assert given.emd.cells == (("Face2Face", "c23"),)  # given cells are kept as given
+    with pytest.raises(ValueError, match=r"emd.cells \[\('Face2Face', 'c40'\)\] are not in the data .*"
+                                         r"""--set emd.cells='\[\["Deepfakes", "c23"\], \["Face2Face", "c23"\], \["NeuralTextures", "c23"\]\]'"""):
+        override_preset(paper, {"data.compressions": '["c23"]', "emd.cells": '[["Face2Face", "c40"]]'})
+
+
 def test_a_settings_file_nested_or_dotted(tmp_path: Path) -> None:
     f = tmp_path / "s.yaml"
     f.write_text("emd:\n  epochs: 2\n  cells: [[Face2Face, c23]]\nfer.esr_weights: 2024\n")
