@@ -144,7 +144,8 @@ def cli_import_s() -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--root", type=Path, default=None, help="an FF++-layout root with splits/ (a synth world, or real FF++; read only)")
+    p.add_argument("--root", type=Path, default=None,
+                   help="an FF++-layout root with splits/ (a synth world, or real FF++; read only)")
     p.add_argument("--work", type=Path, default=Path("/tmp/prepare_throughput"), help="caches (and world) go here")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--train-frames", type=int, default=None,

@@ -70,7 +70,8 @@ def init_from_env(backend: str | None = None, device: str | torch.device | None 
 
     ``backend``: None chooses NCCL when the processes train on CUDA — ``device`` (the study's ``device``; None:
     CUDA when available) — else gloo, so that ``device="cpu"`` on a GPU node still gets a backend that takes CPU
-    tensors. With NCCL each process takes the GPU ``LOCAL_RANK``. Does nothing (returns False) when ``WORLD_SIZE`` is unset or 1 or a group already exists
+    tensors (:func:`backend_for`). With NCCL each process takes the GPU ``LOCAL_RANK``. Does nothing (returns
+    False) when ``WORLD_SIZE`` is unset or 1 or a group already exists
     (returns True then if it has more than one process). Raises ValueError when ``WORLD_SIZE`` is not an integer or
     ``RANK`` is missing (launch through ``torchrun`` or :func:`launch`).
     """

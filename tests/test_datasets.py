@@ -144,7 +144,8 @@ def test_a_set_without_fakes_is_refused_and_says_why(cache, tmp_path):
     for r in rows:
         if r["split"] == "train" and r["method"] == "Face2Face" and r["status"] == "ok":
             r["status"] = "mask_missing"
-    n_missing = sum(r["split"] == "train" and r["method"] == "Face2Face" and r["status"] == "mask_missing" for r in rows)
+    n_missing = sum(r["split"] == "train" and r["method"] == "Face2Face" and r["status"] == "mask_missing"
+                    for r in rows)
     assert n_missing >= n_fake  # the world has a fake without its mask already
     with open(copy / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -363,8 +363,9 @@ def test_nproc_is_capped_at_the_visible_gpus(study, monkeypatch, caplog):
     emd = experiments.SYSTEMS["EMD"]
     assert experiments._processes(emd, dataclasses.replace(study, device="cuda"), 0, 8, "run") == 2
     assert "8 processes asked for, 2 GPUs visible" in caplog.text
-    assert experiments._processes(emd, dataclasses.replace(study, device="cpu"), 0, 8, "run") == distributed.processes_for_batch(
-        experiments.train_config(emd, study.preset, 0).batch_size, 8)  # CPU processes are not capped
+    batch = experiments.train_config(emd, study.preset, 0).batch_size
+    cpu = dataclasses.replace(study, device="cpu")
+    assert experiments._processes(emd, cpu, 0, 8, "run") == distributed.processes_for_batch(batch, 8)  # no cap
 
 
 if __name__ == "__main__":

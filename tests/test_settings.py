@@ -56,8 +56,9 @@ def test_cells_follow_narrower_data_unless_given() -> None:
     assert {m for m, _ in two.emd.cells} == {"Face2Face", "NeuralTextures"} and len(two.emd.cells) == 4
     given = override_preset(paper, {"data.compressions": '["c23"]', "emd.cells": '[["Face2Face", "c23"]]'})
     assert given.emd.cells == (("Face2Face", "c23"),)  # given cells are kept as given
+    fit = r"""\[\["Deepfakes", "c23"\], \["Face2Face", "c23"\], \["NeuralTextures", "c23"\]\]"""
     with pytest.raises(ValueError, match=r"emd.cells \[\('Face2Face', 'c40'\)\] are not in the data .*"
-                                         r"""--set emd.cells='\[\["Deepfakes", "c23"\], \["Face2Face", "c23"\], \["NeuralTextures", "c23"\]\]'"""):
+                                         rf"--set emd.cells='{fit}'"):
         override_preset(paper, {"data.compressions": '["c23"]', "emd.cells": '[["Face2Face", "c40"]]'})
 
 

@@ -205,7 +205,8 @@ def ensure_fer_stream(study: Study, kind: str, data: FERData | None = None,
     """One FER stream of the study: the official ESR-9 weights when the study has ``esr_weights`` (ESR), else its
     checkpoint when it exists and fits the preset (:func:`fer_spec`), the data (:func:`fer_data`: same set, same
     root) and the preset's FER training settings (schedule, epochs, learning rates, …: a smoke run's 1-epoch stream
-    is not reused by the real run), else trained now on that data (:func:`emdlib.train_fer.train_fer`, Eq. 1, the preset's schedule) and
+    is not reused by the real run), else trained now on that data (:func:`emdlib.train_fer.train_fer`, Eq. 1, the
+    preset's schedule) and
     saved; the checkpoint's metadata records ``source`` and ``data`` (:func:`fer_stream_record` reads them).
 
     ``data``: the expression data (default :func:`fer_data`). Returns ``(model in eval mode, info)``;
