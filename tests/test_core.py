@@ -204,6 +204,7 @@ def test_a_relative_p_path_and_a_numeric_folder_reach_notebook_02_intact(tmp_pat
 
     seen: dict[str, dict] = {}
     monkeypatch.setattr(rp, "ensure_stages", lambda study, notebooks: [])
+    monkeypatch.setattr(rp, "fetch_imagenet_weights", lambda study, notebooks: [])  # paper's ImageNet start: offline
     monkeypatch.setattr(rp, "_execute", lambda pm, nb, out, params, *a: seen.__setitem__(nb.name, params))
     monkeypatch.chdir(tmp_path)
     rp.reproduce("paper", "d", "r", only=["02"], raw_parameters={"ffpp_root": "2024", "splits_dir": "s/2025",
