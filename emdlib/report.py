@@ -72,9 +72,21 @@ def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
              "ffpp": "the user's FaceForensics++ copy, as in the paper"}.get(d.world, d.world)
     all_cells = [(m, c) for c in paper.QUALITY for m in METHODS]
     ran = [c for c in all_cells if c in set(e.cells)]
+    def counts(key: str) -> pd.Series:
+        if "config" not in runs:
+            return pd.Series(dtype=float)
+        return pd.to_numeric(runs["config"].map(lambda c: c.get(key) if isinstance(c, dict) else None),
+                             errors="coerce").dropna()
+
+    pairs = f"{d.pairs[0]}/{d.pairs[1]}/{d.pairs[2]} train/val/test pairs"
+    if d.world == "ffpp":  # the official splits; a user's copy may hold fewer of their videos
+        n_train = counts("n_train_images")
+        held = (f"; the copy's usable frames gave the runs {int(n_train.min())}–{int(n_train.max())} training "
+                "images per cell" if len(n_train) else "")
+        pairs = f"the official splits ({pairs}{held})"
     lines = [
-        f"**Data:** {world}; {d.pairs[0]}/{d.pairs[1]}/{d.pairs[2]} train/val/test pairs (each pair: 2 pristine "
-        f"videos and 2 fakes per method), {preset.prepare.train_frames} training and {preset.prepare.eval_frames} "
+        f"**Data:** {world}; {pairs} (each pair: 2 pristine videos and 2 fakes per method), "
+        f"{preset.prepare.train_frames} training and {preset.prepare.eval_frames} "
         f"test frames per video (paper: 720/140/140 videos, 200 and 10 frames).",
         f"**Models:** encoder `{e.encoder}` at {e.image_size}² input, {e.warmup_epochs} warm-up + {e.epochs} full "
         f"epoch{'' if e.epochs == 1 else 's'}, "
@@ -83,8 +95,7 @@ def preset_scope(preset: Preset, runs: pd.DataFrame) -> list[str]:
         f"**Cells run:** {', '.join(label(m, c) for m, c in ran) or 'none'} of the paper's "
         f"{len(all_cells)}; the others show \"{NOT_RUN_PRESET}\".",
     ]
-    n_test = pd.to_numeric(runs["config"].map(lambda c: (c or {}).get("n_test_images") if isinstance(c, dict)
-                                              else None), errors="coerce").dropna() if "config" in runs else []
+    n_test = counts("n_test_images")
     n = int(n_test.min()) if len(n_test) else None
     if n is not None:
         lines.append(f"**Resolution:** the smallest test set has {n} images, so one image moves an accuracy by "

@@ -446,6 +446,7 @@ def reproduce(
     out_dir = study.paths.results / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     base = study.parameters()
+    preflight(study, [nb.name[:2] for nb in selected])
     fetch_imagenet_weights(study, [nb.name[:2] for nb in selected])
     ensure_stages(study, [nb.name[:2] for nb in selected])
     # timings.json holds this run's times as they come (notebook 07 reports them) and, for the notebooks not run
@@ -470,6 +471,33 @@ def reproduce(
         log.info("[%d/%d] %s done in %.1f s", i, len(selected), nb.name, timings[nb.name])
     write_json(timings_path, dict(sorted({**kept, **timings}.items())))
     return timings
+
+
+#: Notebooks that need an expression cell (F2F or NT at c23, :func:`emdlib.study.experiments.paper_cells`): 02's
+#: FER comparison, 04's Table V, 06's Figs. 4, 5 and 7.
+NEED_EXPRESSION_CELL = ("02", "04", "06")
+
+
+def preflight(study: Study, notebooks: Sequence[str]) -> None:
+    """Refuse, before the first notebook, a study the selected ``notebooks`` (prefixes) would fail on after hours of
+    work: ValueError when notebook 02, 04 or 06 is selected and ``emd.cells`` has no F2F or NT cell at c23 (the
+    paper's expression cells), or when several processes (``$EMD_NPROC``, ``--nproc``) would train with
+    ``emd.sync_bn`` on the CPU (SyncBatchNorm runs on GPUs only). Each message says what to change."""
+    from emdlib.study.experiments import default_nproc, paper_cells
+    from emdlib.train import resolve_device
+
+    needing = [n for n in notebooks if n in NEED_EXPRESSION_CELL]
+    if needing:
+        try:
+            paper_cells(study.preset)
+        except ValueError as e:
+            raise ValueError(f"{e}: notebooks {', '.join(needing)} (the FER comparison, Table V, Figs. 4, 5, 7) need "
+                             "a Face2Face or NeuralTextures c23 cell; add one to emd.cells, or leave them out "
+                             "(--only 00 01 03 05 07)") from None
+    if (any(n >= "02" for n in notebooks) and default_nproc() > 1 and study.preset.emd.sync_bn
+            and resolve_device(study.device).type != "cuda"):
+        raise ValueError(f"emd.sync_bn with {default_nproc()} processes on the CPU: SyncBatchNorm runs on GPUs only; "
+                         "--set emd.sync_bn=false (each process normalises its share) or train on CUDA")
 
 
 def fetch_imagenet_weights(study: Study, notebooks: Sequence[str]) -> list[str]:

@@ -635,7 +635,8 @@ def fit(model: DetectorNet, train_data: Dataset, val_data: Dataset | None, out_d
     device = resolve_device(distributed.local_device(config.device) if ddp else config.device)
     batch_size = distributed.per_rank_batch(config.batch_size, world) if ddp else config.batch_size
     if ddp and config.sync_bn and device.type == "cpu":
-        raise ValueError("sync_bn: torch.nn.SyncBatchNorm runs on GPUs only; train on CUDA or set sync_bn=False")
+        raise ValueError("sync_bn: torch.nn.SyncBatchNorm runs on GPUs only; train on CUDA or set sync_bn=False "
+                         "(emd reproduce --set emd.sync_bn=false)")
     if config.deterministic:
         set_deterministic(True)
     if device.type == "cuda" and config.cudnn_benchmark:

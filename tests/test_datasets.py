@@ -158,3 +158,17 @@ def test_a_set_without_fakes_is_refused_and_says_why(cache, tmp_path):
         only_real.require_both_classes()
     with pytest.raises(ValueError, match="has no real and no fake frames"):
         ManipulationDataset(copy, "train", ["Face2Face"], ["c40"], image_size=S).require_both_classes()
+    # the data stage says so right after prepare, for every cell of the preset, before any training
+    import dataclasses
+    from types import SimpleNamespace
+
+    from emdlib.presets import get_preset
+    from emdlib.study.data import require_trainable_cells
+
+    tiny = get_preset("tiny")
+    preset = dataclasses.replace(tiny, emd=dataclasses.replace(tiny.emd, cells=(("Face2Face", "c23"),)))
+    with pytest.raises(ValueError, match="train set of Face2Face c23 has no fake frames"):
+        require_trainable_cells(SimpleNamespace(preset=preset, paths=SimpleNamespace(cache=copy)))
+    # the fixture world's own val split: its one fake's mask is a frame short, its other fake's original faceless
+    with pytest.raises(ValueError, match="val set of Face2Face c23 has no fake frames.*2 fake rows mask_mismatch"):
+        require_trainable_cells(SimpleNamespace(preset=preset, paths=SimpleNamespace(cache=cache)))

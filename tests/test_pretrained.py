@@ -153,3 +153,26 @@ def test_reproduce_fetches_imagenet_weights_before_any_notebook(study, monkeypat
     assert tried == [(on.preset.emd.encoder, True)]
     monkeypatch.setattr(check, "timm_weights_cached", lambda name: True)
     assert fetch_imagenet_weights(on, ["03"]) == []  # in the local cache: nothing to fetch
+
+
+def test_reproduce_refuses_what_would_fail_hours_later(study, monkeypatch):
+    import dataclasses
+
+    from emdlib.reproduce import preflight
+    from emdlib.study.experiments import NPROC_ENV
+
+    def with_emd(**changes):
+        return dataclasses.replace(study, preset=dataclasses.replace(
+            study.preset, emd=dataclasses.replace(study.preset.emd, **changes)))
+
+    deepfakes = with_emd(cells=(("Deepfakes", "c23"),))
+    preflight(deepfakes, ["00", "01", "03", "05", "07"])  # nothing selected needs an expression cell
+    with pytest.raises(ValueError, match=r"no Face2Face/NeuralTextures c23 cell.*notebooks 02, 04, 06.*--only"):
+        preflight(deepfakes, ["00", "02", "04", "06"])
+    monkeypatch.setenv(NPROC_ENV, "2")
+    synced = dataclasses.replace(with_emd(sync_bn=True), device="cpu")
+    with pytest.raises(ValueError, match="emd.sync_bn with 2 processes on the CPU.*--set emd.sync_bn=false"):
+        preflight(synced, ["02"])
+    preflight(synced, ["00", "01"])  # the data and FER stages train no detector
+    monkeypatch.setenv(NPROC_ENV, "1")
+    preflight(synced, ["02"])  # one process: SyncBatchNorm is never built

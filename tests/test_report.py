@@ -58,6 +58,12 @@ def test_preset_scope_resolution_and_what_it_can_show():
     assert "1 warm-up + 6 full epochs" in text
     text = scope(8)  # tiny's 8 test images: 12.5 points, and no ordering offered
     assert "by 12.5 points" in text and "not even an ordering of the systems" in text
+    assert "10/5/5 train/val/test pairs (each pair" in text
+    # a user's FF++ copy: the official splits, and what the copy's frames gave the runs
+    runs = pd.DataFrame({"config": [{"n_train_images": 4, "n_test_images": 2}, {"n_train_images": 6}]})
+    text = "\n".join(report.preset_scope(get_preset("paper"), runs))
+    assert ("the official splits (360/70/70 train/val/test pairs; the copy's usable frames gave the runs 4–6 "
+            "training images per cell)") in text
 
 
 def test_training_time_sums_each_systems_run_records():

@@ -51,18 +51,32 @@ def ensure_world(study: Study) -> dict:
 
 def ensure_cache(study: Study) -> dict:
     """Run prepare on the world (resumable: finished videos are skipped) with the study's ``workers`` (None: the
-    preset's) and return its summary."""
+    preset's), check that every cell can train (:func:`require_trainable_cells`) and return prepare's summary."""
     from emdlib.data.prepare import prepare
 
     preset, paths = study.preset, study.paths
-    return prepare(paths.world, paths.cache, preset.prepare, methods=preset.data.methods,
-                   compressions=preset.data.compressions, splits_dir=paths.splits, workers=study.workers)
+    summary = prepare(paths.world, paths.cache, preset.prepare, methods=preset.data.methods,
+                      compressions=preset.data.compressions, splits_dir=paths.splits, workers=study.workers)
+    require_trainable_cells(study)
+    return summary
 
 
 def ensure_data(study: Study) -> dict:
     """The whole data stage: :func:`ensure_world` then :func:`ensure_cache`; returns prepare's summary."""
     ensure_world(study)
     return ensure_cache(study)
+
+
+def require_trainable_cells(study: Study) -> None:
+    """Raise ValueError (:meth:`~emdlib.data.datasets.ManipulationDataset.require_both_classes`: the split, the
+    counts and the manifest's reasons) when a cell of ``emd.cells`` has no real or no fake frame in its train, val
+    or test split — at the end of the data stage, not hours later when the cell's first network would train."""
+    from emdlib.data.datasets import ManipulationDataset
+
+    for method, compression in study.preset.emd.cells:
+        for split in ("train", "val", "test"):
+            ManipulationDataset(study.paths.cache, split, [method], [compression],
+                                study.preset.emd.image_size).require_both_classes()
 
 
 def require_cache(study: Study) -> None:
