@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from emdlib.data.ffpp import FFPP, ORIGINAL, SPLITS, load_splits, mask_path
+from emdlib.data.ffpp import FFPP, FFPP_COMPRESSIONS, ORIGINAL, SPLITS, load_splits, mask_path, target_id
 from emdlib.data.media import check_readable
 from emdlib.presets import EMDConfig, Preset
 from emdlib.study import Study
@@ -113,6 +113,8 @@ def check_study(study: Study, decode: bool = True) -> list[Finding]:
         found, pairs = check_ffpp(paths.world, paths.splits, preset.data.methods, preset.data.compressions,
                                   decode=decode, expected_pairs=preset.data.pairs if world == "ffpp" else None)
         findings += found
+        if pairs is not None and world == "ffpp":
+            findings += check_cells(paths.world, paths.splits, preset.emd.cells)
     else:
         log.info("%s: the %s world is built by notebook 00; its layout is checked once it exists", paths.world, world)
     if world == "faces":
@@ -194,6 +196,32 @@ def check_ffpp(root: str | os.PathLike, splits_dir: str | os.PathLike, methods: 
     if decode:
         findings += _decode_samples(samples)
     return findings, splits
+
+
+def check_cells(root: str | os.PathLike, splits_dir: str | os.PathLike,
+                cells: Sequence[tuple[str, str]]) -> list[Finding]:
+    """Whether each cell ``(method, compression)`` can train and be evaluated on the copy: an error per cell and
+    split that has no usable real video (the original at that compression) or no usable fake (its video at that
+    compression, its mask, and its target's original at some compression, on which ``prepare`` detects the face).
+    A partial copy lists many missing files; this says which of them stop a cell (the data stage would stop there,
+    after ``prepare``). Counts files on disk only (nothing is decoded)."""
+    ffpp = FFPP(root, splits_dir)
+    out = []
+    for method, comp in cells:
+        short = []
+        for split in SPLITS:
+            reals = sum(_is_file(p) for _, p in ffpp.videos(split, ORIGINAL, comp, existing=False))
+            fakes = sum(_is_file(p) and _is_file(mask_path(root, method, v))
+                        and any(_is_file(ffpp.video_path(ORIGINAL, c, target_id(v))) for c in FFPP_COMPRESSIONS)
+                        for v, p in ffpp.videos(split, method, comp, existing=False))
+            if not reals or not fakes:
+                short.append(f"{split}: {reals} real, {fakes} fake")
+        if short:
+            out.append(Finding(ERROR, "cells", f"cell {method} {comp} cannot train and be evaluated: usable videos "
+                               f"({'; '.join(short)}) — a fake needs its video, its mask and its original", root,
+                               "complete the copy for that split (the findings above name the missing files), or "
+                               "leave the cell out: --set emd.cells=... (or narrower data.methods/compressions)"))
+    return out
 
 
 def _is_file(path: Path) -> bool:
@@ -473,5 +501,5 @@ def _gb(n: int) -> str:
 
 
 __all__ = ["ERROR", "Finding", "SEVERITIES", "WARNING", "cache_bytes",
-           "check_affectnet", "check_disk", "check_esr_weights", "check_fer_data", "check_ffpp", "check_imagenet",
+           "check_affectnet", "check_cells", "check_disk", "check_esr_weights", "check_fer_data", "check_ffpp", "check_imagenet",
            "check_study", "errors", "format_findings", "imagenet_models", "timm_weights_cached"]

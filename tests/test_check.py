@@ -131,8 +131,12 @@ def test_each_missing_or_broken_video_mask_and_id_is_named(inputs, ffpp, tmp_pat
 def test_a_missing_compression_folder_is_one_finding(inputs, ffpp, tmp_path):
     shutil.rmtree(ffpp / "manipulated_sequences" / "Face2Face" / "c40")
     findings = check_study(paper_study(tmp_path, ffpp))
-    assert problems(findings) == ["c40: Face2Face videos: folder missing (all 6 expected)"]
+    assert problems(findings) == ["c40: Face2Face videos: folder missing (all 6 expected)",
+                                  "cell Face2Face c40 cannot train and be evaluated: usable videos (train: 2 real, "
+                                  "0 fake; val: 2 real, 0 fake; test: 2 real, 0 fake) — a fake needs its video, its "
+                                  "mask and its original"]  # which of the gaps stops a cell, and where
     assert findings[0].path == ffpp / "manipulated_sequences" / "Face2Face" / "c40" / "videos"
+    assert "--set emd.cells" in findings[1].fix
 
 
 @pytest.mark.parametrize("content, message", [
